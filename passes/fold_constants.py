@@ -1,0 +1,29 @@
+"""Fold constant subgraphs (Constant nodes, ConstantOfShape weights, shape arithmetic) into initializers."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnxscript.optimizer
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+
+from qcompiler.pass_infra import PassResult, QcPass
+
+#: no size limit: weights built at run time (``ConstantOfShape``, ``Constant`` nodes) must become initializers.
+_UNLIMITED = 1 << 40
+
+
+class FoldConstantsPass(QcPass):
+    """Evaluate every node whose inputs are all constants and store the result as an initializer.
+
+    Rules: ``Constant`` nodes become initializers; nodes computable from constants alone (including shape
+    subgraphs feeding ``Pad``/``Reshape`` and weight generators such as ``ConstantOfShape``) are replaced by
+    their values; nodes left without users are removed. Does not fire on graphs with no constant subgraph.
+    """
+
+    def call(self, model: ir.Model) -> PassResult:
+        """Fold until nothing changes, then lift remaining Constant nodes and drop dead nodes."""
+        before = model.graph.num_nodes()
+        onnxscript.optimizer.fold_constants(model, input_size_limit=_UNLIMITED, output_size_limit=_UNLIMITED)
+        lifted = LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
+        RemoveUnusedNodesPass()(model)
+        return PassResult(model, lifted or model.graph.num_nodes() != before)

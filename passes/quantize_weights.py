@@ -1,0 +1,81 @@
+"""Quantize constant weights (per-channel symmetric int8) and biases (int32) of Conv and MatMul."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompiler.passes._qdq import dequantized
+from qcompiler.errors import OverflowRiskError
+from qcompiler.ir import const_array, constant, node_text
+from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.qmath import DTYPE_RANGES, symmetric_qparams
+
+
+class QuantizeWeightsPass(QcPass):
+    """Replace float weights and biases by integer initializers behind a DequantizeLinear.
+
+    Conv weights are quantized per output channel (axis 0), MatMul weights ``[K, N]`` per column (axis 1),
+    symmetric over [-127, 127]. A bias (Conv input 2, or the constant of the Add after a MatMul) becomes int32
+    with scale ``s_x * s_w[c]`` and zero point 0. Requires the activation input to be dequantized already
+    (run after :class:`InsertQDQPass`). Raises :class:`OverflowRiskError` when a bias does not fit int32.
+    """
+
+    def call(self, model: ir.Model) -> PassResult:
+        """Quantize every Conv/MatMul with a float constant weight."""
+        graph = model.graph
+        modified = False
+        for node in list(graph):
+            if node.op_type == "Conv" and const_array(node.inputs[1]) is not None:
+                self._quantize(graph, node, weight_axis=0, bias=node.inputs[2] if len(node.inputs) > 2 else None)
+                modified = True
+            elif node.op_type == "MatMul" and const_array(node.inputs[1]) is not None:
+                self._quantize(graph, node, weight_axis=1, bias=_matmul_bias(node))
+                modified = True
+        return PassResult(model, modified)
+
+    @staticmethod
+    def _quantize(graph: ir.Graph, node: ir.Node, weight_axis: int, bias: ir.Value | None) -> None:
+        source = dequantized(node.inputs[0])
+        if source is None:
+            raise ValueError(f"input of {node_text(node)} is not quantized; run InsertQDQPass first")
+        weight = const_array(node.inputs[1]).astype(np.float64)
+        other_axes = tuple(i for i in range(weight.ndim) if i != weight_axis)
+        scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes)).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[weight_axis] = -1
+        qmax = DTYPE_RANGES["int8"][1]
+        q_weight = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+        node.replace_input_with(1, _dequantize(graph, node, q_weight, scale, weight_axis, "weight"))
+        if bias is None or const_array(bias) is None:
+            return
+        bias_scale = (np.float64(source.s) * scale.astype(np.float64)).astype(np.float32)
+        q_bias = np.rint(const_array(bias).astype(np.float64).reshape(-1) / bias_scale)
+        if np.any(np.abs(q_bias) > 2**31 - 1):
+            raise OverflowRiskError(f"bias of {node_text(node)} overflows int32 at input scale {source.s:.3g}; "
+                                    "calibrate with data that exercises this layer's full input range")
+        consumer = next(user for user, _ in bias.uses())
+        index = next(i for user, i in bias.uses() if user is consumer)
+        consumer.replace_input_with(index, _dequantize(graph, node, q_bias.astype(np.int32), bias_scale, 0, "bias"))
+
+
+def _matmul_bias(node: ir.Node) -> ir.Value | None:
+    """The constant operand of the Add that alone consumes a MatMul's output, if any."""
+    users = node.outputs[0].consumers()
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    return next((v for v in users[0].inputs[:2] if const_array(v) is not None), None)
+
+
+def _dequantize(graph: ir.Graph, node: ir.Node, q: np.ndarray, scale: np.ndarray, axis: int, hint: str) -> ir.Value:
+    """``DequantizeLinear(q, scale, 0, axis)`` inserted before ``node``; returns its float output."""
+    name = node.name or "node"
+    q_value = constant(graph, q, f"{name}_{hint}_q")
+    scale_value = constant(graph, scale, f"{name}_{hint}_scale")
+    zero_value = constant(graph, np.zeros(scale.shape, q.dtype), f"{name}_{hint}_zero_point")
+    dequant = ir.node("DequantizeLinear", [q_value, scale_value, zero_value], {"axis": axis}, name=f"{name}/{hint}_dq")
+    graph.insert_before(node, [dequant])
+    out = dequant.outputs[0]
+    out.name = f"{name}_{hint}_dq"
+    out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(q.shape)
+    return out

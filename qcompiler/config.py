@@ -1,0 +1,95 @@
+"""The compile configuration: frozen, validated on construction, versioned and JSON-serialisable.
+
+One :class:`CompileConfig` drives both ``qcompiler.compile`` and ``qc compile`` (``--config file.json`` loads
+the same keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qcompiler.errors import QcError
+
+__all__ = ["CompileConfig", "CALIBRATION_METHODS", "ACTIVATION_DTYPES"]
+
+CONFIG_VERSION = 1
+#: calibration methods, named as onnxruntime names them (case-insensitive on input).
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+ACTIVATION_DTYPES = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """How to quantize and compile a model.
+
+    Attributes:
+        target: target name (``qc targets`` lists them), e.g. ``"x86"``.
+        target_options: target-specific options, e.g. ``{"mcpu": "znver5"}``.
+        calibration_method: one of :data:`CALIBRATION_METHODS`.
+        percentile: the percentile used by ``calibration_method="percentile"``.
+        activation_dtype: ``"uint8"`` (asymmetric, default) or ``"int8"`` per-tensor activations.
+        weight_bits: bits of the per-channel symmetric weights (8 for now).
+        input_shapes: static shapes for inputs with dynamic dims, ``{"input": (1, 3, 224, 224)}``.
+    """
+
+    target: str = "x86"
+    target_options: dict = field(default_factory=dict)
+    calibration_method: str = "minmax"
+    percentile: float = 99.999
+    activation_dtype: str = "uint8"
+    weight_bits: int = 8
+    input_shapes: dict = field(default_factory=dict)
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        method = self.calibration_method.lower()
+        object.__setattr__(self, "calibration_method", method)
+        problems = []
+        if method not in CALIBRATION_METHODS:
+            problems.append(f"calibration_method '{self.calibration_method}' is not one of {', '.join(CALIBRATION_METHODS)}")
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            problems.append(f"activation_dtype '{self.activation_dtype}' is not one of {', '.join(ACTIVATION_DTYPES)}")
+        if self.weight_bits != 8:
+            problems.append(f"weight_bits={self.weight_bits}: only 8-bit weights are supported so far")
+        if not 50.0 < self.percentile <= 100.0:
+            problems.append(f"percentile={self.percentile} must be in (50, 100]")
+        if self.version != CONFIG_VERSION:
+            problems.append(f"config version {self.version} is not supported (this qc reads version {CONFIG_VERSION})")
+        shapes = {}
+        for name, shape in dict(self.input_shapes).items():
+            if not all(isinstance(d, int) and d > 0 for d in shape):
+                problems.append(f"input_shapes['{name}'] = {shape} must be positive integers")
+            shapes[name] = tuple(int(d) for d in shape)
+        object.__setattr__(self, "input_shapes", shapes)
+        if problems:
+            raise QcError("invalid configuration:\n  " + "\n  ".join(problems))
+
+    def to_json(self) -> dict:
+        """The configuration as plain JSON data."""
+        data = dataclasses.asdict(self)
+        data["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> CompileConfig:
+        """Build from JSON data; unknown keys are an error listing the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise QcError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompileConfig:
+        """Read a JSON config file."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise QcError(f"cannot read config {path}: {error}") from error
+
+    def replace(self, **changes) -> CompileConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)

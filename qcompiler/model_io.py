@@ -1,0 +1,130 @@
+"""Loading user models with clear errors, and cutting the integer region out of an integer model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+
+from qcompiler.errors import ModelError
+
+__all__ = ["load_float_model", "integer_region", "boundary"]
+
+
+def load_float_model(source: str | Path | onnx.ModelProto) -> ir.Model:
+    """Load and check an ONNX model; malformed, truncated or non-finite models raise :class:`ModelError`."""
+    if isinstance(source, onnx.ModelProto):
+        proto = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as error:  # protobuf raises DecodeError, but truncated files raise others too
+            raise ModelError(f"{path} is not a readable ONNX model (truncated or corrupt?): {error}") from error
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelError(f"the model fails the ONNX checker: {first}") from error
+    if not proto.graph.node:
+        raise ModelError("the model's graph has no nodes")
+    proto = _upgrade_opset(proto)
+    model = ir.serde.deserialize_model(proto)
+    _check_finite(model)
+    return model
+
+
+#: the default-domain opset qc's passes emit and the integer model uses.
+OPSET = 21
+
+
+def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Convert the model to opset :data:`OPSET`, the one qc's passes and integer ops are written for."""
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    if version == OPSET:
+        return proto
+    if version > OPSET:
+        raise ModelError(f"the model uses opset {version}; qc supports opsets up to {OPSET}: re-export with opset {OPSET}")
+    try:
+        return onnx.version_converter.convert_version(proto, OPSET)
+    except Exception as error:
+        raise ModelError(f"cannot convert the model from opset {version} to {OPSET}: {error}; "
+                         f"re-export it with opset_version={OPSET}") from error
+
+
+def _check_finite(model: ir.Model) -> None:
+    """Refuse float initializers holding NaN or Inf, naming each."""
+    bad = []
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None or not tensor.dtype.is_floating_point():
+            continue
+        array = tensor.numpy()
+        if not np.all(np.isfinite(array)):
+            bad.append(f"{name} ({int(np.sum(~np.isfinite(array)))} non-finite of {array.size})")
+    if bad:
+        raise ModelError("weights hold NaN or Inf: " + ", ".join(bad) + "; fix the exported model")
+
+
+def boundary(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
+    """Describe the float/integer boundary of an integer model: one entry per graph input and output.
+
+    Each entry: ``name`` (float graph value), ``int_name`` (integer tensor inside), ``shape``, ``int_dtype``,
+    ``scale`` and ``zero_point`` read from the boundary QuantizeLinear / DequantizeLinear.
+    """
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
+
+    def entry(float_name: str, node: onnx.NodeProto, int_name: str) -> dict:
+        zero = inits[node.input[2]]
+        return {"name": float_name, "int_name": int_name, "shape": shapes[float_name], "int_dtype": str(zero.dtype),
+                "scale": float(inits[node.input[1]]), "zero_point": int(zero)}
+
+    inputs = []
+    for value in model.graph.input:
+        quant = [n for n in consumers.get(value.name, []) if n.op_type == "QuantizeLinear"]
+        if len(quant) != 1 or len(consumers[value.name]) != 1:
+            raise ModelError(f"input '{value.name}' is not consumed by exactly one boundary QuantizeLinear")
+        inputs.append(entry(value.name, quant[0], quant[0].output[0]))
+    outputs = []
+    for value in model.graph.output:
+        node = producers.get(value.name)
+        if node is None or node.op_type != "DequantizeLinear":
+            raise ModelError(f"output '{value.name}' is not produced by a boundary DequantizeLinear")
+        outputs.append(entry(value.name, node, node.input[0]))
+    return inputs, outputs
+
+
+def integer_region(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The integer model without its boundary Q/DQ: integer graph inputs and outputs.
+
+    The result is what targets compile and what the bit-exactness tests run in onnxruntime.
+    """
+    inputs, outputs = boundary(model)
+    region = onnx.ModelProto()
+    region.CopyFrom(model)
+    graph = region.graph
+    boundary_nodes = {e["int_name"] for e in inputs} | {e["name"] for e in outputs}
+    kept = [n for n in graph.node if not any(o in boundary_nodes for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    type_of = {"uint8": onnx.TensorProto.UINT8, "int8": onnx.TensorProto.INT8, "int32": onnx.TensorProto.INT32}
+    del graph.input[:]
+    graph.input.extend(onnx.helper.make_tensor_value_info(e["int_name"], type_of[e["int_dtype"]], e["shape"]) for e in inputs)
+    del graph.output[:]
+    graph.output.extend(onnx.helper.make_tensor_value_info(e["int_name"], type_of[e["int_dtype"]], e["shape"]) for e in outputs)
+    used = {name for node in graph.node for name in node.input}
+    kept_inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    return region

@@ -1,0 +1,150 @@
+"""Which float values get quantized, and with which parameters.
+
+The plan is computed on the normalized float graph (BatchNorm and affine ops folded, shapes static):
+
+* an **activation point** is a float value that will hold an integer tensor: every graph input and every
+  node output, except values *absorbed* by a fused consumer (a Conv/MatMul output feeding only a Relu/Clip
+  or its bias Add; an Add feeding only a Relu/Clip; a Sigmoid feeding only ``x * Sigmoid(x)``);
+* a **calibrated point** is an activation point whose range comes from calibration; outputs of
+  range-preserving ops (MaxPool, Reshape, ...) reuse their input's parameters and Softmax uses fixed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompiler.ir import const_array
+from qcompiler.qmath import affine_qparams
+
+__all__ = [
+    "PASS_THROUGH_OPS",
+    "UNARY_TABLE_OPS",
+    "SUPPORTED_FLOAT_OPS",
+    "QParams",
+    "activation_points",
+    "calibration_points",
+    "assign_qparams",
+    "unsupported_nodes",
+]
+
+#: ops whose integer form is the same op on the integer tensor, output sharing the input's parameters.
+PASS_THROUGH_OPS = frozenset(
+    {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Resize", "Identity"}
+)
+#: elementwise functions of one activation computed as a lookup table (exact for 8-bit inputs).
+UNARY_TABLE_OPS = frozenset(
+    {"Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Elu", "Selu",
+     "Softplus", "Softsign", "Gelu", "Mish", "Celu", "ThresholdedRelu"}
+)  # fmt: skip
+_FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+#: every float op the CNN pipeline can make integer (the check before quantization uses this table).
+SUPPORTED_FLOAT_OPS = PASS_THROUGH_OPS | UNARY_TABLE_OPS | {
+    "Conv", "MatMul", "Add", "Sub", "Sum", "Mul", "GlobalAveragePool", "AveragePool", "Concat", "Softmax",
+}  # fmt: skip
+
+#: fixed output parameters of the integer Softmax: probabilities in [0, 1] on 255 steps.
+SOFTMAX_QPARAMS = (1.0 / 255.0, 0, "uint8")
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor affine quantization of an activation: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+
+def _is_bias_add(node: ir.Node) -> bool:
+    return node.op_type == "Add" and any(const_array(v) is not None for v in node.inputs[:2])
+
+
+def _absorbs(producer: ir.Node, consumer: ir.Node, value: ir.Value) -> bool:
+    """Whether ``consumer`` is fused with ``producer`` so that ``value`` is never materialized as integer."""
+    if consumer.op_type in _FUSED_ACTIVATIONS and producer.op_type in ("Conv", "MatMul", "Add", "Sub", "Sum"):
+        return producer.op_type != "Add" or not _is_bias_add(producer) or _is_matmul_bias(producer)
+    if producer.op_type == "MatMul" and _is_bias_add(consumer):
+        return True
+    if producer.op_type == "Sigmoid" and consumer.op_type == "Mul":
+        return producer.inputs[0] in consumer.inputs and value in consumer.inputs
+    return False
+
+
+def _is_matmul_bias(node: ir.Node) -> bool:
+    source = next((v for v in node.inputs[:2] if const_array(v) is None), None)
+    producer = source.producer() if source is not None else None
+    return producer is not None and producer.op_type == "MatMul" and len(source.consumers()) == 1
+
+
+def _absorbed(value: ir.Value) -> bool:
+    producer = value.producer()
+    users = value.consumers()
+    if producer is None or value.is_graph_output() or len(users) != 1:
+        return False
+    return _absorbs(producer, users[0], value)
+
+
+def activation_points(graph: ir.Graph) -> list[ir.Value]:
+    """Float values that hold integer tensors after quantization, in topological order."""
+    points = [v for v in graph.inputs if v.dtype == ir.DataType.FLOAT]
+    for node in graph:
+        for out in node.outputs:
+            if out.dtype == ir.DataType.FLOAT and not _absorbed(out):
+                points.append(out)
+    return points
+
+
+def calibration_points(graph: ir.Graph) -> list[ir.Value]:
+    """Activation points whose range must be calibrated (not inherited, not fixed)."""
+    out = []
+    for value in activation_points(graph):
+        producer = value.producer()
+        if producer is not None and (producer.op_type in PASS_THROUGH_OPS or producer.op_type == "Softmax"):
+            continue
+        out.append(value)
+    return out
+
+
+def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtype: str) -> dict[str, QParams]:
+    """Parameters of every activation point from calibrated ``ranges`` (keyed by value name).
+
+    Pass-through outputs inherit their input's parameters; Softmax outputs get :data:`SOFTMAX_QPARAMS`.
+    """
+    params: dict[str, QParams] = {}
+    for value in activation_points(graph):
+        producer = value.producer()
+        if producer is not None and producer.op_type in PASS_THROUGH_OPS:
+            params[value.name] = params[producer.inputs[0].name]
+        elif producer is not None and producer.op_type == "Softmax":
+            params[value.name] = QParams(*SOFTMAX_QPARAMS)
+        else:
+            rmin, rmax = ranges[value.name]
+            scale, zero_point = affine_qparams(rmin, rmax, dtype)
+            params[value.name] = QParams(float(np.float32(scale)), zero_point, dtype)
+    return params
+
+
+def unsupported_nodes(graph: ir.Graph) -> list[tuple[str, str, str]]:
+    """``(op_type, node name, reason)`` for every node the CNN pipeline cannot make integer."""
+    problems = []
+    for node in graph:
+        if node.domain not in ("", "ai.onnx"):
+            problems.append((f"{node.domain}.{node.op_type}", node.name or "", "custom-domain ops are not supported"))
+        elif node.op_type not in SUPPORTED_FLOAT_OPS:
+            problems.append((node.op_type, node.name or "", "no integer form in qc yet"))
+        elif node.op_type in ("MatMul",) and const_array(node.inputs[1]) is None:
+            problems.append((node.op_type, node.name or "", "MatMul of two activations is not supported yet"))
+        elif node.op_type == "Softmax" and not _softmax_on_last_axis(node):
+            problems.append((node.op_type, node.name or "", "integer Softmax needs the last axis"))
+        elif node.op_type == "Resize" and node.attributes.get("mode") is not None and node.attributes["mode"].value != "nearest":
+            problems.append((node.op_type, node.name or "", "only mode='nearest' Resize is integer"))
+    return problems
+
+
+def _softmax_on_last_axis(node: ir.Node) -> bool:
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    axis = node.attributes["axis"].value if "axis" in node.attributes else -1
+    return axis in (-1, rank - 1)

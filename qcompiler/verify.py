@@ -1,0 +1,70 @@
+"""The integer-region verifier: no float tensor and no float op may hide inside the integer region.
+
+The integer region is everything between the boundary QuantizeLinear nodes (fed by graph inputs) and the
+boundary DequantizeLinear nodes (producing graph outputs). In ``staged`` mode (used between passes, while
+the model is still partly in QDQ form) float values are also allowed inside *QDQ islands*: a float value
+produced by a DequantizeLinear or by a float op whose float inputs are themselves allowed, and consumed only
+by float ops or QuantizeLinear nodes. In final mode no island may remain.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from qcompiler.errors import QcError
+from qcompiler.intops import is_integer_op
+from qcompiler.ir import node_text
+
+__all__ = ["IntegerRegionError", "integer_region_problems", "verify_integer_region"]
+
+_BOUNDARY = ("QuantizeLinear", "DequantizeLinear")
+
+
+class IntegerRegionError(QcError):
+    """The integer region holds a float tensor or a float op."""
+
+
+def _is_float(value: ir.Value) -> bool:
+    return value.dtype is not None and value.dtype.is_floating_point()
+
+
+def _is_boundary_quantize(node: ir.Node) -> bool:
+    return node.op_type == "QuantizeLinear" and node.inputs[0] is not None and node.inputs[0].is_graph_input()
+
+
+def _is_boundary_dequantize(node: ir.Node) -> bool:
+    return node.op_type == "DequantizeLinear" and all(v.is_graph_output() for v in node.outputs)
+
+
+def integer_region_problems(model: ir.Model, staged: bool = False) -> list[str]:
+    """Every violation of the integer-region invariant, one line each (empty when the model is clean)."""
+    problems = []
+    for node in model.graph:
+        if _is_boundary_quantize(node) or _is_boundary_dequantize(node):
+            continue
+        if staged and _in_island(node):
+            continue
+        if node.op_type in _BOUNDARY and node.domain in ("", "ai.onnx"):
+            problems.append(f"QDQ node inside the integer region: {node_text(node)}")
+            continue
+        if not is_integer_op(node.domain, node.op_type):
+            problems.append(f"op outside qc's integer op set: {node_text(node)}")
+        for value in [*node.inputs, *node.outputs]:
+            if value is not None and _is_float(value):
+                problems.append(f"float tensor '{value.name}' at {node_text(node)}")
+    return problems
+
+
+def _in_island(node: ir.Node) -> bool:
+    """Part of a QDQ island: a Q/DQ node, or an op still computing a float output."""
+    if node.op_type in _BOUNDARY:
+        return True
+    return any(v is not None and _is_float(v) for v in node.outputs)
+
+
+def verify_integer_region(model: ir.Model, staged: bool = False) -> None:
+    """Raise :class:`IntegerRegionError` listing every violation (see :func:`integer_region_problems`)."""
+    problems = integer_region_problems(model, staged)
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise IntegerRegionError(f"the integer region is not integer-only:\n  {shown}")
