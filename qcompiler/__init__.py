@@ -1,0 +1,37 @@
+"""qc: a quantizing compiler from float ONNX models to integer-only native code.
+
+Public API (stable within a major version; everything else is private)::
+
+    art = qcompiler.compile("model.onnx", target="x86", calibration="calib.npz")
+    art.save("out/")
+    m = qcompiler.load("out/")
+    y = m.run({"input": x})
+"""
+
+from qcompiler.api import Artifact, Module, compile, load
+from qcompiler.config import CompileConfig
+from qcompiler.errors import (
+    ArtifactError,
+    CalibrationError,
+    ModelError,
+    OverflowRiskError,
+    QcError,
+    TargetError,
+    UnsupportedOpsError,
+)
+
+__all__ = [
+    "Artifact",
+    "ArtifactError",
+    "CalibrationError",
+    "CompileConfig",
+    "ModelError",
+    "Module",
+    "OverflowRiskError",
+    "QcError",
+    "TargetError",
+    "UnsupportedOpsError",
+    "compile",
+    "load",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""The Python API: ``compile`` a float ONNX model into an artifact, ``load`` an artifact and run it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from qcompiler.artifact import FORMAT, MANIFEST, atomic_directory, check_hashes, file_hashes, read_manifest
+from qcompiler.config import CompileConfig
+from qcompiler.driver import Progress, QuantizedModel, quantize_model, weight_bytes
+from qcompiler.errors import ArtifactError, QcError
+from qcompiler.model_io import boundary, integer_region
+from qcompiler.qmath import dequantize, quantize
+from qcompiler.report import build_report
+from qcompiler.targets import CompiledModule, get_target
+
+__all__ = ["Artifact", "Module", "compile", "load"]
+
+INT_MODEL = "model.int.onnx"
+QDQ_MODEL = "model.qdq.onnx"
+REPORT = "report.json"
+
+
+@dataclass
+class Artifact:
+    """A compiled model in memory: the integer model, the library files and the report."""
+
+    config: CompileConfig
+    quantized: QuantizedModel
+    target_info: dict
+    library_info: dict
+    build_dir: Path
+    report: dict = field(default_factory=dict)
+
+    def save(self, directory: str | Path, force: bool = False) -> Path:
+        """Write the artifact directory atomically (see :mod:`qcompiler.artifact`)."""
+        directory = Path(directory)
+        with atomic_directory(directory, force=force) as staging:
+            onnx.save(self.quantized.int_model, str(staging / INT_MODEL))
+            onnx.save(self.quantized.qdq_model, str(staging / QDQ_MODEL))
+            library = self.library_info["library"]
+            (staging / library).write_bytes((self.build_dir / library).read_bytes())
+            (staging / REPORT).write_text(json.dumps(self.report, indent=1))
+            inputs, outputs = boundary(self.quantized.int_model)
+            manifest = {
+                "format": FORMAT,
+                "inputs": inputs,
+                "outputs": outputs,
+                "target": self.target_info,
+                "library": self.library_info,
+                "config": self.config.to_json(),
+                "versions": _versions(),
+                "files": file_hashes(staging, [INT_MODEL, QDQ_MODEL, library, REPORT]),
+            }
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        return directory
+
+
+def compile(model, target: str | None = None, calibration=None, config: CompileConfig | None = None,
+            progress: Progress | None = None, **options) -> Artifact:
+    """Quantize ``model`` (path or ModelProto) with ``calibration`` data and build it for ``target``.
+
+    ``calibration``: an ``.npz`` path keyed by input name (first axis = samples), a dict of such arrays, or
+    an onnxruntime ``CalibrationDataReader``. ``options`` are :class:`CompileConfig` fields
+    (``calibration_method="percentile"``, ``input_shapes={...}``, ...).
+    """
+    config = config or CompileConfig()
+    if target is not None:
+        options["target"] = target
+    config = config.replace(**options) if options else config
+    chosen = get_target(config.target, **config.target_options)
+    quantized = quantize_model(model, calibration, config, chosen.requant_mantissa_bits, progress)
+    build_dir = Path(_scratch_dir())
+    start = time.perf_counter()
+    step = (lambda name: progress("compile", 0, -1)) if progress else None
+    library_info = chosen.compile(quantized.region(), build_dir, step)
+    quantized.timings["compile"] = time.perf_counter() - start
+    report = build_report(quantized.float_model, quantized.qdq_model, quantized.int_model, quantized.ranges)
+    report.update({
+        "weight_bytes": {"float": weight_bytes(quantized.float_model), "integer": weight_bytes(quantized.int_model)},
+        "timings": quantized.timings,
+        "calibration": {"method": config.calibration_method},
+    })
+    return Artifact(config, quantized, chosen.describe(), library_info, build_dir, report)
+
+
+def _scratch_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="qc-build-")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    names = ["qcompiler", "onnx", "onnxruntime", "onnx-ir", "apache-tvm", "apache-tvm-ffi", "numpy"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+class Module:
+    """A loaded artifact: float in, float out, with the integer tensors available too."""
+
+    def __init__(self, directory: Path, manifest: dict, compiled: CompiledModule):
+        self.directory = directory
+        self.manifest = manifest
+        self.compiled = compiled
+        self.inputs = manifest["inputs"]
+        self.outputs = manifest["outputs"]
+
+    def quantize_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float feeds (by model input name) -> integer feeds of the compiled region (ONNX QuantizeLinear)."""
+        names = {e["name"] for e in self.inputs}
+        problems = [f"unexpected input '{k}'" for k in feeds if k not in names]
+        problems += [f"missing input '{e['name']}'" for e in self.inputs if e["name"] not in feeds]
+        if problems:
+            raise QcError("; ".join(problems) + f"; the model's inputs are {sorted(names)}")
+        return {e["int_name"]: quantize(feeds[e["name"]], e["scale"], e["zero_point"], e["int_dtype"]) for e in self.inputs}
+
+    def run_integer(self, int_feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the compiled integer region on integer feeds; integer outputs keyed by their tensor names."""
+        results = self.compiled.run(int_feeds)
+        return dict(zip(self.compiled.output_names, results, strict=True))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float feeds -> float outputs (quantize, run the integer code, dequantize), keyed by output name."""
+        integers = self.run_integer(self.quantize_inputs(feeds))
+        return {e["name"]: dequantize(integers[e["int_name"]], e["scale"], e["zero_point"]) for e in self.outputs}
+
+    def reference_session(self) -> onnxruntime.InferenceSession:
+        """onnxruntime running the integer region of ``model.int.onnx`` (the semantics the library must match)."""
+        region = integer_region(onnx.load(str(self.directory / INT_MODEL)))
+        return onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def load(directory: str | Path) -> Module:
+    """Load an artifact directory written by :func:`compile` / ``qc compile`` for running on this machine."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    check_hashes(directory, manifest)
+    target_info = manifest["target"]
+    options = {k: target_info[k] for k in get_target(target_info["name"]).option_names() if k in target_info}
+    target = get_target(target_info["name"], **options)
+    if not target.runs_on_host:
+        raise ArtifactError(f"a {target.name} artifact cannot run on this machine")
+    return Module(directory, manifest, target.load(directory, manifest["library"]))

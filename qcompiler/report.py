@@ -1,0 +1,75 @@
+"""What qc did to each float node, as JSON data for ``report.json`` and ``qc inspect``."""
+
+from __future__ import annotations
+
+import collections
+
+import onnx
+
+from qcompiler.model_io import boundary
+
+__all__ = ["build_report", "op_count_rows"]
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _qdq_params(qdq: onnx.ModelProto) -> dict[str, dict]:
+    """Scale, zero point and dtype of every activation quantized in the QDQ model, keyed by float value name."""
+    inits = _initializers(qdq)
+    params = {}
+    for node in qdq.graph.node:
+        if node.op_type == "QuantizeLinear":
+            zero = onnx.numpy_helper.to_array(inits[node.input[2]])
+            params[node.input[0]] = {"scale": float(onnx.numpy_helper.to_array(inits[node.input[1]])),
+                                     "zero_point": int(zero), "dtype": str(zero.dtype)}
+    return params
+
+
+def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_model: onnx.ModelProto,
+                 ranges: dict[str, tuple[float, float]]) -> dict:
+    """Per float node: the integer ops it became (or the node it was fused into) and its output's qparams.
+
+    Integer nodes are attributed to the float node whose name prefixes theirs (``<float name>/<op>_<i>``).
+    """
+    params = _qdq_params(qdq_model)
+    integer_ops: dict[str, list[str]] = collections.defaultdict(list)
+    for node in int_model.graph.node:
+        owner = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
+        integer_ops[owner].append(f"{node.domain + '.' if node.domain else ''}{node.op_type}")
+    nodes = []
+    for node in float_model.graph.node:
+        output = node.output[0]
+        entry = {"name": node.name, "op_type": node.op_type, "integer_ops": integer_ops.get(node.name, [])}
+        if output in params:
+            entry["output"] = {"name": output, **params[output]}
+            if output in ranges:
+                entry["output"]["range"] = [float(ranges[output][0]), float(ranges[output][1])]
+        if not entry["integer_ops"]:
+            entry["fused_into"] = _fused_owner(float_model, node, integer_ops)
+        nodes.append(entry)
+    inputs, outputs = boundary(int_model)
+    return {"nodes": nodes, "inputs": inputs, "outputs": outputs}
+
+
+def _fused_owner(model: onnx.ModelProto, node: onnx.NodeProto, integer_ops: dict) -> str:
+    """The nearest producer of ``node`` that owns integer ops (a Relu fused into its Conv, ...)."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    current = node
+    while current.input and current.input[0] in producers:
+        current = producers[current.input[0]]
+        if current.name in integer_ops:
+            return current.name
+    return ""
+
+
+def op_count_rows(report: dict) -> list[tuple[str, int, int]]:
+    """``(op_type, nodes, nodes made integer or fused)`` per float op type."""
+    total: collections.Counter = collections.Counter()
+    done: collections.Counter = collections.Counter()
+    for node in report["nodes"]:
+        total[node["op_type"]] += 1
+        if node["integer_ops"] or node.get("fused_into"):
+            done[node["op_type"]] += 1
+    return [(op, total[op], done[op]) for op in sorted(total)]
