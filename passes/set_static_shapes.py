@@ -33,7 +33,7 @@ class SetStaticShapesPass(QcPass):
                 modified |= self._override(value, self.overrides[name])
             dims = list(value.shape.dims) if value.shape is not None else None
             if dims is None or not all(isinstance(d, int) for d in dims):
-                shown = "?" if dims is None else ",".join(str(d) if isinstance(d, int) else str(d or "?") for d in dims)
+                shown = "?" if dims is None else ",".join(_dim_text(d) for d in dims)
                 example = ",".join(str(d) if isinstance(d, int) else "1" for d in (dims or [1, 3, 224, 224]))
                 problems.append(f"input '{name}' has a dynamic shape [{shown}]: pass --input-shape {name}={example}")
         if problems:
@@ -53,3 +53,8 @@ class SetStaticShapesPass(QcPass):
                     raise ModelError(f"--input-shape {value.name}: dim {i} is fixed to {was} by the model, got {new}")
         value.shape = ir.Shape(list(shape))
         return old is None or list(old.dims) != list(shape)
+
+
+def _dim_text(dim) -> str:
+    """A dim for messages: its size, its symbolic name, or ``?``."""
+    return str(dim) if isinstance(dim, int) else str(getattr(dim, "value", None) or "?")

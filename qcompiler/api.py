@@ -62,6 +62,12 @@ class Artifact:
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         return directory
 
+    def module(self) -> Module:
+        """The compiled module, loaded from the build directory (before or without saving)."""
+        target = get_target(self.config.target, **self.config.target_options)
+        manifest = {"inputs": boundary(self.quantized.int_model)[0], "outputs": boundary(self.quantized.int_model)[1]}
+        return Module(self.build_dir, manifest, target.load(self.build_dir, self.library_info))
+
 
 def compile(model, target: str | None = None, calibration=None, config: CompileConfig | None = None,
             progress: Progress | None = None, **options) -> Artifact:

@@ -39,6 +39,7 @@ def collect_ranges(
     method: str = "minmax",
     progress: Callable[[int, int], None] | None = None,
     dtype: str = "uint8",
+    percentile: float = 99.999,
 ) -> dict[str, tuple[float, float]]:
     """Clipping range ``(rmin, rmax)`` of each float32 tensor in ``tensor_names``, observed over ``source``.
 
@@ -55,6 +56,7 @@ def collect_ranges(
         progress: called as ``progress(done_batches, total_batches)`` after each batch; total is -1 for a
             CalibrationDataReader, whose length is unknown.
         dtype: quantized dtype of the tensors (the ``mse`` method weighs rounding error on its grid).
+        percentile: the percentile of ``|x|`` kept by the ``percentile`` method.
 
     Raises:
         ModelError: a graph input is not a static-shape tensor, a requested tensor is not in the graph or not
@@ -70,7 +72,7 @@ def collect_ranges(
             observer.update(value)
         if progress is not None:
             progress(done, batches.total)
-    return {name: compute_range(method, observer, dtype) for name, observer in observers.items()}
+    return {name: compute_range(method, obs, dtype, percentile) for name, obs in observers.items()}
 
 
 def model_input_specs(model: onnx.ModelProto) -> InputSpecs:

@@ -173,8 +173,13 @@ def mse_range(hist: HistogramObserver, qmin: int, qmax: int) -> tuple[float, flo
     return _clip(hist, upper[np.argmin(error)])
 
 
-def compute_range(method: str, observer: Observer, dtype: str = "uint8") -> tuple[float, float]:
+def compute_range(
+    method: str, observer: Observer, dtype: str = "uint8", percentile: float = 99.999
+) -> tuple[float, float]:
     """The clipping range of ``observer``'s tensor by ``method`` (one of :data:`METHODS`) for ``dtype``.
+
+    ``dtype`` (a key of :data:`qcompiler.qmath.DTYPE_RANGES`) sets the grid of ``mse``; ``percentile`` is
+    that of the ``percentile`` method.
 
     Raises:
         CalibrationError: unknown method or dtype, the tensor received no values, or a histogram method was
@@ -190,7 +195,7 @@ def compute_range(method: str, observer: Observer, dtype: str = "uint8") -> tupl
             f"calibration method '{method}' needs a HistogramObserver for tensor '{observer.name}'"
         )
     if key == "percentile":
-        return percentile_range(observer)
+        return percentile_range(observer, percentile)
     if key == "entropy":
         return entropy_range(observer)
     return mse_range(observer, *DTYPE_RANGES[dtype])
