@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
 
+from qcompiler.ir import const_array, constant
 from qcompiler.pass_infra import PassResult, QcPass
 
 #: no size limit: weights built at run time (``ConstantOfShape``, ``Constant`` nodes) must become initializers.
@@ -23,7 +25,20 @@ class FoldConstantsPass(QcPass):
     def call(self, model: ir.Model) -> PassResult:
         """Fold until nothing changes, then lift remaining Constant nodes and drop dead nodes."""
         before = model.graph.num_nodes()
+        _materialize_constant_of_shape(model.graph)
         onnxscript.optimizer.fold_constants(model, input_size_limit=_UNLIMITED, output_size_limit=_UNLIMITED)
         lifted = LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
         RemoveUnusedNodesPass()(model)
         return PassResult(model, lifted or model.graph.num_nodes() != before)
+
+
+def _materialize_constant_of_shape(graph: ir.Graph) -> None:
+    """Replace ``ConstantOfShape`` with a constant shape by its value (the optimizer keeps these lazy)."""
+    for node in [n for n in graph if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx")]:
+        shape = const_array(node.inputs[0])
+        if shape is None:
+            continue
+        fill = node.attributes["value"].value.numpy() if "value" in node.attributes else np.zeros(1, np.float32)
+        value = constant(graph, np.full(tuple(int(d) for d in shape), fill.reshape(-1)[0], fill.dtype), "constant")
+        node.outputs[0].replace_all_uses_with(value, replace_graph_outputs=True)
+        graph.remove(node, safe=True)

@@ -8,6 +8,7 @@ from qcompiler.passes.fold_batchnorm import FoldBatchNormPass
 from qcompiler.passes.fold_channel_affine import FoldChannelAffinePass
 from qcompiler.passes.fold_constants import FoldConstantsPass
 from qcompiler.passes.gemm_to_matmul import GemmToMatMulPass
+from qcompiler.passes.initializers_as_constants import InitializersAsConstantsPass
 from qcompiler.passes.insert_qdq import InsertQDQPass
 from qcompiler.passes.integerize_add import IntegerizeAddPass
 from qcompiler.passes.integerize_concat import IntegerizeConcatPass
@@ -32,6 +33,7 @@ def normalize_pipeline(input_shapes: dict[str, tuple[int, ...]]) -> Pipeline:
     """Float model -> canonical float model with static shapes, ready for calibration."""
     return Pipeline(
         [
+            InitializersAsConstantsPass(),  # weights listed as graph inputs (IR < 4) are constants
             SetStaticShapesPass(input_shapes),  # static input shapes first: folding shape subgraphs needs them
             FoldConstantsPass(),  # Constant nodes, ConstantOfShape weights, Pad/Reshape shape subgraphs
             RemoveIdentityOpsPass(),  # Identity, inference Dropout

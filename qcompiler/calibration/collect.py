@@ -29,7 +29,10 @@ _ORT_ERRORS = (
     ort_state.RuntimeException,
     RuntimeError,
 )
-_MESSAGE_CHARS = 400
+#: characters kept from the start and the end of an onnxruntime message (the end states the cause).
+_MESSAGE_HEAD, _MESSAGE_TAIL = 160, 240
+#: onnxruntime's own log shows fatal errors only: every failure reaches the user in qc's exception instead.
+_LOG_FATAL_ONLY = 4
 
 
 def collect_ranges(
@@ -137,6 +140,7 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     """A CPU session of ``model`` with graph optimizations off, whose outputs must all be float32."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = _LOG_FATAL_ONLY
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except _ORT_ERRORS as err:
@@ -156,6 +160,8 @@ def _run(session: ort.InferenceSession, feed: dict[str, np.ndarray], index: int)
 
 
 def _short(err: BaseException) -> str:
-    """``err``'s message on one line, cut to a few hundred characters."""
+    """``err``'s message on one line; a long one keeps its start and its end, where the cause is stated."""
     text = " ".join(str(err).split())
-    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
+    if len(text) <= _MESSAGE_HEAD + _MESSAGE_TAIL:
+        return text
+    return f"{text[:_MESSAGE_HEAD]} ... {text[-_MESSAGE_TAIL:]}"

@@ -16,6 +16,9 @@ from qcompiler.errors import CalibrationError
 
 __all__ = ["MinMaxObserver", "HistogramObserver"]
 
+#: smallest radius (the smallest normal float32): subnormal data still get bins of finite width.
+_MIN_RADIUS = float(np.finfo(np.float32).tiny)
+
 
 def _finite(name: str, values: np.ndarray) -> np.ndarray:
     """``values`` as an array, after checking that it holds no NaN or Inf."""
@@ -57,8 +60,9 @@ class HistogramObserver:
 
     Memory is ``bins`` counters whatever the data. The range is symmetric about 0, as onnxruntime's
     histogram calibrators keep it: bin ``bins // 2`` starts at 0, and folding the histogram gives that of
-    ``|x|`` exactly. The first batch with a nonzero value sets ``radius = max |x|`` (until then every value
-    was 0 and sits in bin ``bins // 2``, which holds 0 for any radius). When a later batch exceeds the
+    ``|x|`` exactly. The first batch with a nonzero value sets ``radius = max |x|`` (at least the smallest
+    normal float32; until then every value was 0 and sits in bin ``bins // 2``, which holds 0 for any
+    radius). When a later batch exceeds the
     radius, the radius doubles until it covers the batch.
 
     Re-binning on doubling: old bins ``2k`` and ``2k + 1`` (width ``w``) merge into one bin of width ``2w``,
@@ -96,14 +100,18 @@ class HistogramObserver:
         self.count += values.size
         self._cover(max(-low, high))
         if self.radius > 0.0:
-            self.counts += np.histogram(values, bins=self.counts.size, range=(-self.radius, self.radius))[0]
+            edges = (
+                np.float64(-self.radius),
+                np.float64(self.radius),
+            )  # float64 edges, even for float32 data
+            self.counts += np.histogram(values, bins=self.counts.size, range=edges)[0]
         else:
             self.counts[self.counts.size // 2] += values.size
 
     def _cover(self, absmax: float) -> None:
         """Grow the radius to at least ``absmax``: set it on the first nonzero data, else double it."""
-        if self.radius == 0.0:
-            self.radius = absmax
+        if self.radius == 0.0 and absmax > 0.0:
+            self.radius = max(absmax, _MIN_RADIUS)
         while self.radius < absmax:
             self.counts = _merge_pairs(self.counts)
             self.radius *= 2.0

@@ -146,7 +146,7 @@ def _xlogx(values: np.ndarray) -> np.ndarray:
 def mse_range(hist: HistogramObserver, qmin: int, qmax: int) -> tuple[float, float]:
     """``clip(T)`` minimising the expected squared quantization error onto ``qmin..qmax``.
 
-    Candidates are the ``|x|`` bin upper edges ``T_j = (j + 1) w``. For ``clip(T) = (a, b)`` the step is
+    Candidates are the ``|x|`` bin upper edges ``T_j = (j + 1) w`` that leave ``clip(T)`` nonempty. For ``clip(T) = (a, b)`` the step is
     ``s = (max(b, 0) - min(a, 0)) / (qmax - qmin)`` (the range widened to hold 0, as the qparams will be) and
 
         ``E(T) = n_in s^2 / 12 + sum_{|x| bins c beyond T} n_c (x_c - T)^2``,
@@ -169,7 +169,7 @@ def mse_range(hist: HistogramObserver, qmin: int, qmax: int) -> tuple[float, flo
     clipping = beyond[2] - 2 * upper * beyond[1] + upper**2 * beyond[0]
     low, high = np.maximum(hist.min, -upper), np.minimum(hist.max, upper)
     step = (np.maximum(high, 0.0) - np.minimum(low, 0.0)) / (qmax - qmin)
-    error = np.cumsum(counts) * step**2 / 12 + clipping
+    error = np.where(low <= high, np.cumsum(counts) * step**2 / 12 + clipping, np.inf)
     return _clip(hist, upper[np.argmin(error)])
 
 
@@ -251,5 +251,10 @@ def _width(hist: HistogramObserver) -> float:
 
 
 def _clip(hist: HistogramObserver, threshold: float) -> tuple[float, float]:
-    """``(max(min, -T), min(max, T))``: the threshold on ``|x|`` clamped to the observed values."""
-    return max(hist.min, -float(threshold)), min(hist.max, float(threshold))
+    """``(max(min, -T), min(max, T))``: the threshold on ``|x|`` clamped to the observed values.
+
+    ``T`` is first raised to ``max(min, -max)`` (0 unless all values have one sign) so that the range is
+    never empty, even where rounding of bin edges puts ``T`` a hair below every ``|x|``.
+    """
+    threshold = max(float(threshold), hist.min, -hist.max)
+    return max(hist.min, -threshold), min(hist.max, threshold)

@@ -160,28 +160,32 @@ def _open_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     """One ``.npy`` member: memory-mapped in place when stored uncompressed, else decompressed fully."""
-    if info.compress_type == zipfile.ZIP_STORED:
-        with open(path, "rb") as f:
-            f.seek(info.header_offset)
-            local = f.read(_LOCAL_HEADER)
-            if local[:4] != b"PK\x03\x04":
-                raise ValueError(f"member {info.filename} has a corrupt zip header")
-            f.seek(info.header_offset + _LOCAL_HEADER + sum(struct.unpack("<HH", local[26:30])))
-            version = np.lib.format.read_magic(f)
-            readers = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }
-            if version in readers:
-                shape, fortran, dtype = readers[version](f)
-                if dtype.hasobject:
-                    raise ValueError(f"member {info.filename} holds Python objects (pickles are not loaded)")
-                if 0 in shape:
-                    return np.empty(shape, dtype)
-                order = "F" if fortran else "C"
-                return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order=order)
+    mapped = _mapped_member(path, info) if info.compress_type == zipfile.ZIP_STORED else None
+    if mapped is not None:
+        return mapped
     with archive.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A stored member memory-mapped where its data start in the file; None for an unusual header version."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(_LOCAL_HEADER)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {info.filename} has a corrupt zip header")
+        f.seek(info.header_offset + _LOCAL_HEADER + sum(struct.unpack("<HH", local[26:30])))
+        version = np.lib.format.read_magic(f)
+        if version not in readers:
+            return None
+        shape, fortran, dtype = readers[version](f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"member {info.filename} holds Python objects (pickles are not loaded)")
+    if 0 in shape:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _name_problems(arrays: Mapping[str, Any], model_inputs: InputSpecs) -> list[str]:
