@@ -35,6 +35,8 @@ class GemmToMatMulPass(QcPass):
                 nodes.append(ir.node("Add", [nodes[0].outputs[0], constant(graph, bias, "bias")], name=f"{gemm.name}_bias"))
             graph.insert_before(gemm, nodes)
             gemm.outputs[0].replace_all_uses_with(nodes[-1].outputs[0], replace_graph_outputs=True)
+            result = nodes[-1].outputs[0]
+            result.shape, result.type = gemm.outputs[0].shape, gemm.outputs[0].type
             nodes[-1].outputs[0].name, gemm.outputs[0].name = gemm.outputs[0].name, None
             graph.remove(gemm, safe=True)
             modified = True

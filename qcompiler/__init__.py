@@ -8,7 +8,6 @@ Public API (stable within a major version; everything else is private)::
     y = m.run({"input": x})
 """
 
-from qcompiler.api import Artifact, Module, compile, load
 from qcompiler.config import CompileConfig
 from qcompiler.errors import (
     ArtifactError,
@@ -35,3 +34,14 @@ __all__ = [
     "load",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"Artifact", "Module", "compile", "load"}
+
+
+def __getattr__(name: str):
+    """Import the API (and with it TVM) only when it is first used: passes and tests need neither."""
+    if name in _LAZY:
+        import qcompiler.api
+
+        return getattr(qcompiler.api, name)
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")

@@ -4,7 +4,8 @@ The integer region is everything between the boundary QuantizeLinear nodes (fed 
 boundary DequantizeLinear nodes (producing graph outputs). In ``staged`` mode (used between passes, while
 the model is still partly in QDQ form) float values are also allowed inside *QDQ islands*: a float value
 produced by a DequantizeLinear or by a float op whose float inputs are themselves allowed, and consumed only
-by float ops or QuantizeLinear nodes. In final mode no island may remain.
+by float ops or QuantizeLinear nodes. In staged mode only nodes downstream of a boundary QuantizeLinear are checked (before quantization the
+whole graph is float). In final mode no island may remain.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def _is_boundary_dequantize(node: ir.Node) -> bool:
 def integer_region_problems(model: ir.Model, staged: bool = False) -> list[str]:
     """Every violation of the integer-region invariant, one line each (empty when the model is clean)."""
     problems = []
+    region = _downstream_of_boundary(model.graph) if staged else None
     for node in model.graph:
         if _is_boundary_quantize(node) or _is_boundary_dequantize(node):
             continue
-        if staged and _in_island(node):
+        if staged and (node not in region or _in_island(node)):
             continue
         if node.op_type in _BOUNDARY and node.domain in ("", "ai.onnx"):
             problems.append(f"QDQ node inside the integer region: {node_text(node)}")
@@ -53,6 +55,17 @@ def integer_region_problems(model: ir.Model, staged: bool = False) -> list[str]:
             if value is not None and _is_float(value):
                 problems.append(f"float tensor '{value.name}' at {node_text(node)}")
     return problems
+
+
+def _downstream_of_boundary(graph: ir.Graph) -> set[ir.Node]:
+    """Nodes that depend on a boundary QuantizeLinear: the integer region once quantization has started."""
+    reached: set[ir.Node] = set()
+    for node in graph:  # topological order
+        if _is_boundary_quantize(node) or any(
+            v is not None and v.producer() in reached for v in node.inputs
+        ):
+            reached.add(node)
+    return reached
 
 
 def _in_island(node: ir.Node) -> bool:

@@ -100,11 +100,9 @@ class HistogramObserver:
         self.count += values.size
         self._cover(max(-low, high))
         if self.radius > 0.0:
-            edges = (
-                np.float64(-self.radius),
-                np.float64(self.radius),
-            )  # float64 edges, even for float32 data
-            self.counts += np.histogram(values, bins=self.counts.size, range=edges)[0]
+            # numpy scalars, not floats: the edges are then float64 even for float32 data
+            limits = (np.float64(-self.radius), np.float64(self.radius))
+            self.counts += np.histogram(values, bins=self.counts.size, range=limits)[0]
         else:
             self.counts[self.counts.size // 2] += values.size
 

@@ -146,8 +146,9 @@ def _xlogx(values: np.ndarray) -> np.ndarray:
 def mse_range(hist: HistogramObserver, qmin: int, qmax: int) -> tuple[float, float]:
     """``clip(T)`` minimising the expected squared quantization error onto ``qmin..qmax``.
 
-    Candidates are the ``|x|`` bin upper edges ``T_j = (j + 1) w`` that leave ``clip(T)`` nonempty. For ``clip(T) = (a, b)`` the step is
-    ``s = (max(b, 0) - min(a, 0)) / (qmax - qmin)`` (the range widened to hold 0, as the qparams will be) and
+    Candidates are the ``|x|`` bin upper edges ``T_j = (j + 1) w`` that leave ``clip(T)`` nonempty. For
+    ``clip(T) = (a, b)`` the step is ``s = (max(b, 0) - min(a, 0)) / (qmax - qmin)`` (the range widened to
+    hold 0, as the qparams will be) and
 
         ``E(T) = n_in s^2 / 12 + sum_{|x| bins c beyond T} n_c (x_c - T)^2``,
 

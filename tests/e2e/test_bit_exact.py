@@ -1,0 +1,58 @@
+"""The compiled x86 module must match onnxruntime running model.int.onnx bit for bit, on every zoo model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from qcompiler.verify import integer_region_problems
+from tests.e2e.conftest import compile_light
+from tests.e2e.zoo import LIGHT_MODELS
+
+
+def assert_bit_exact(artifact, feeds: list[dict]) -> None:
+    """Zero differing elements between the compiled module and onnxruntime on the integer region."""
+    module = artifact.module()
+    reference = onnxruntime.InferenceSession(artifact.quantized.region().SerializeToString(),
+                                             providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        ints = module.quantize_inputs(feed)
+        compiled = module.run_integer(ints)
+        expected = reference.run(None, ints)
+        for (name, got), want in zip(compiled.items(), expected, strict=True):
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            differing = int(np.count_nonzero(got != want))
+            assert differing == 0, f"{name}: {differing} of {got.size} elements differ"
+
+
+def test_tiny_cnn_bit_exact(tiny_artifact, tiny_calibration):
+    feeds = [{"input": tiny_calibration["input"][i:i + 1]} for i in range(8)]
+    feeds.append({"input": np.full((1, 1, 16, 16), 1e6, np.float32)})  # saturates every input code
+    assert_bit_exact(tiny_artifact, feeds)
+
+
+def test_tiny_cnn_integer_region_is_integer(tiny_artifact):
+    import onnx_ir as ir
+
+    assert integer_region_problems(ir.serde.deserialize_model(tiny_artifact.quantized.int_model)) == []
+
+
+def test_tiny_cnn_tracks_float(tiny_artifact, tiny_calibration):
+    """The integer model stays close to the float model (a loose sanity bound, not an accuracy claim)."""
+    session = onnxruntime.InferenceSession(tiny_artifact.quantized.float_model.SerializeToString())
+    module = tiny_artifact.module()
+    x = tiny_calibration["input"][:1]
+    expected = session.run(None, {"input": x})[0]
+    got = module.run({"input": x})["probs"]
+    assert np.abs(got - expected).max() < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_models_bit_exact(name):
+    artifact = compile_light(name)
+    value = artifact.module().inputs[0]
+    rng = np.random.default_rng(1)
+    feeds = [{value["name"]: rng.standard_normal(value["shape"]).astype(np.float32)} for _ in range(2)]
+    assert_bit_exact(artifact, feeds)
