@@ -17,8 +17,9 @@ class QuantizeWeightsPass(QcPass):
 
     Conv weights are quantized per output channel (axis 0), MatMul weights ``[K, N]`` per column (axis 1),
     symmetric over [-127, 127]. A bias (Conv input 2, or the constant of the Add after a MatMul) becomes int32
-    with scale ``s_x * s_w[c]`` and zero point 0. Requires the activation input to be dequantized already
-    (run after :class:`InsertQDQPass`). Raises :class:`OverflowRiskError` when a bias does not fit int32.
+    with scale ``s_x * s_w[c]`` and zero point 0; a channel whose bias would not fit in 2**30 at that scale gets
+    a wider weight scale instead. Requires the activation input to be dequantized already (run after
+    :class:`InsertQDQPass`).
     """
 
     def call(self, model: ir.Model) -> PassResult:
@@ -41,19 +42,24 @@ class QuantizeWeightsPass(QcPass):
             raise ValueError(f"input of {node_text(node)} is not quantized; run InsertQDQPass first")
         weight = const_array(node.inputs[1]).astype(np.float64)
         other_axes = tuple(i for i in range(weight.ndim) if i != weight_axis)
-        scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes)).astype(np.float32)
+        scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes))
+        bias_value = const_array(bias) if bias is not None else None
+        if bias_value is not None:
+            # A channel whose weights nearly vanish (dead after BatchNorm folding) but whose bias does not
+            # would need a bias beyond int32: widen that channel's weight scale so |b_q| <= 2**30.
+            scale = np.maximum(scale, np.abs(bias_value.astype(np.float64).reshape(-1)) / (source.s * 2.0**30))
+        scale = scale.astype(np.float32)
         shape = [1] * weight.ndim
         shape[weight_axis] = -1
         qmax = DTYPE_RANGES["int8"][1]
         q_weight = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
         node.replace_input_with(1, _dequantize(graph, node, q_weight, scale, weight_axis, "weight"))
-        if bias is None or const_array(bias) is None:
+        if bias_value is None:
             return
         bias_scale = (np.float64(source.s) * scale.astype(np.float64)).astype(np.float32)
-        q_bias = np.rint(const_array(bias).astype(np.float64).reshape(-1) / bias_scale)
+        q_bias = np.rint(bias_value.astype(np.float64).reshape(-1) / bias_scale)
         if np.any(np.abs(q_bias) > 2**31 - 1):
-            raise OverflowRiskError(f"bias of {node_text(node)} overflows int32 at input scale {source.s:.3g}; "
-                                    "calibrate with data that exercises this layer's full input range")
+            raise OverflowRiskError(f"bias of {node_text(node)} overflows int32 at input scale {source.s:.3g}")
         consumer = next(user for user, _ in bias.uses())
         index = next(i for user, i in bias.uses() if user is consumer)
         consumer.replace_input_with(index, _dequantize(graph, node, q_bias.astype(np.int32), bias_scale, 0, "bias"))
