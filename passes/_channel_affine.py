@@ -41,20 +41,18 @@ def match_channel_affine(node: ir.Node, channel_axis: int) -> ChannelAffine | st
     if shape is None or not shape.is_static() or len(shape) <= channel_axis:
         return "activation shape unknown or of too low rank"
     channels = shape[channel_axis]
-    vector = _per_channel_vector(const, len(shape), channel_axis, channels)
+    vector = per_channel_vector(const, len(shape), channel_axis, channels)
     if vector is None:
         return f"constant of shape {const.shape} is not per-channel along axis {channel_axis}"
     ones, zeros = np.ones(channels), np.zeros(channels)
-    scale, offset = {
-        "Mul": (vector, zeros),
-        "Div": (1.0 / vector, zeros),
-        "Add": (ones, vector),
-        "Sub": (ones, -vector),
-    }[node.op_type]
-    return ChannelAffine(node, activation, scale, offset)
+    if node.op_type in ("Add", "Sub"):
+        return ChannelAffine(node, activation, ones, vector if node.op_type == "Add" else -vector)
+    if node.op_type == "Div" and np.any(vector == 0):
+        return "division by a constant containing 0"
+    return ChannelAffine(node, activation, vector if node.op_type == "Mul" else 1.0 / vector, zeros)
 
 
-def _per_channel_vector(const: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+def per_channel_vector(const: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
     """``const`` as a length-``channels`` vector when it broadcasts per channel, else ``None``."""
     if const.ndim > rank:
         return None

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.intops import DOMAIN
-from qcompiler.ir import constant
+from qcompiler.ir import constant, fresh_name
 from qcompiler.qmath import DTYPE_RANGES, dyadic
 
 _IR_TYPES = {"uint8": ir.DataType.UINT8, "int8": ir.DataType.INT8, "int32": ir.DataType.INT32, "int64": ir.DataType.INT64}
@@ -18,7 +18,7 @@ class Emitter:
     def __init__(self, graph: ir.Graph, anchor: ir.Node, name: str):
         self.graph = graph
         self.anchor = anchor
-        self.name = name or "node"
+        self.name = name or fresh_name(graph, "node")
         self.nodes: list[ir.Node] = []
 
     def const(self, array: np.ndarray, hint: str) -> ir.Value:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._qdq import Quantized, quantized_output
 from qcompiler.ir import const_array, single_consumer
+from qcompiler.passes._qdq import Quantized, quantized_output
 from qcompiler.qmath import DTYPE_RANGES, quantize
 
 

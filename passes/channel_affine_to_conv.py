@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._channel_affine import ChannelAffine, match_channel_affine
 from qcompiler.ir import attr, const_array, constant
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._channel_affine import ChannelAffine, match_channel_affine
 
 
 class ChannelAffineToConvPass(QcPass):

@@ -29,13 +29,16 @@ class FinalizeIntegerModelPass(QcPass):
         ]
         if leftovers:
             raise UnsupportedOpsError(leftovers)
+        modified = model.opset_imports.get(DOMAIN) != VERSION
         model.opset_imports[DOMAIN] = VERSION
         model.graph.opset_imports[DOMAIN] = VERSION
         for proto in function_protos():
             function = ir.serde.deserialize_function(proto)
-            model.functions[function.identifier()] = function
-        RemoveUnusedPass()(model)
-        return PassResult(model, True)
+            if function.identifier() not in model.functions:
+                model.functions[function.identifier()] = function
+                modified = True
+        modified |= RemoveUnusedPass()(model).modified
+        return PassResult(model, modified)
 
     def ensures(self, model: ir.Model) -> None:
         """The region must be integer-only."""

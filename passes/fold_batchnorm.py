@@ -46,6 +46,10 @@ class FoldBatchNormPass(QcPass):
         if len(conv.inputs) < 3:
             conv.resize_inputs(3)
         conv.replace_input_with(2, constant(graph, new_bias, "bias"))
-        bn.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
+        result = bn.outputs[0]
+        result.replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
+        if conv.outputs[0].is_graph_output():
+            name, result.name = result.name, None
+            conv.outputs[0].name = name
         graph.remove(bn, safe=True)
         return True

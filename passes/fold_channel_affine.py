@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._channel_affine import ChannelAffine, match_channel_affine
 from qcompiler.ir import const_array, constant, single_consumer
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._channel_affine import ChannelAffine, match_channel_affine
 
 
 class FoldChannelAffinePass(QcPass):
@@ -37,6 +37,8 @@ class FoldChannelAffinePass(QcPass):
             producer = operand.producer() if operand is not None else None
             if producer is None or single_consumer(operand) is not node:
                 continue
+            if node.op_type == "Add" and producer.op_type == "MatMul":
+                continue  # the canonical MatMul bias: folding it would only rebuild it
             if producer.op_type == "Conv":
                 match = match_channel_affine(node, channel_axis=1)
                 if isinstance(match, ChannelAffine) and match.activation is operand:

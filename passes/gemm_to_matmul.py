@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.ir import attr, const_array, constant
+from qcompiler.ir import attr, const_array, constant, fresh_name
 from qcompiler.pass_infra import PassResult, QcPass
 
 
@@ -22,17 +22,18 @@ class GemmToMatMulPass(QcPass):
         modified = False
         for gemm in [n for n in graph if n.op_type == "Gemm" and n.domain in ("", "ai.onnx")]:
             weight = const_array(gemm.inputs[1])
-            if weight is None or attr(gemm, "transA", 0):
+            has_bias = len(gemm.inputs) > 2 and gemm.inputs[2] is not None
+            bias = const_array(gemm.inputs[2]) if has_bias else None
+            if weight is None or attr(gemm, "transA", 0) or (has_bias and bias is None):
                 continue
             weight = weight.T if attr(gemm, "transB", 0) else weight
             weight = (attr(gemm, "alpha", 1.0) * weight.astype(np.float64)).astype(np.float32)
-            nodes = [ir.node("MatMul", [gemm.inputs[0], constant(graph, weight, "weight")], name=gemm.name)]
-            if len(gemm.inputs) > 2 and gemm.inputs[2] is not None:
-                bias = const_array(gemm.inputs[2])
-                if bias is None:
-                    continue
+            name = gemm.name or fresh_name(graph, "gemm")
+            nodes = [ir.node("MatMul", [gemm.inputs[0], constant(graph, weight, "weight")], name=name)]
+            if bias is not None:
                 bias = (attr(gemm, "beta", 1.0) * bias.astype(np.float64)).astype(np.float32)
-                nodes.append(ir.node("Add", [nodes[0].outputs[0], constant(graph, bias, "bias")], name=f"{gemm.name}_bias"))
+                nodes.append(ir.node("Add", [nodes[0].outputs[0], constant(graph, bias, "bias")],
+                                     name=fresh_name(graph, f"{name}_bias")))
             graph.insert_before(gemm, nodes)
             gemm.outputs[0].replace_all_uses_with(nodes[-1].outputs[0], replace_graph_outputs=True)
             result = nodes[-1].outputs[0]

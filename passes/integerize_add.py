@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._emit import Emitter
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
-from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.qmath import dyadic_common_shift
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._emit import Emitter
-from qcompiler.passes._fused import Tail, match_tail
-from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.errors import OverflowRiskError
 from qcompiler.ir import attr, node_text
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._emit import Emitter
+from qcompiler.passes._fused import Tail, match_tail
+from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.qmath import DTYPE_RANGES
 
 

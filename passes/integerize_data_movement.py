@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._emit import Emitter
-from qcompiler.passes._qdq import dequantized, quantized_output, replace_island
 from qcompiler.ir import attr, const_array
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._emit import Emitter
+from qcompiler.passes._qdq import dequantized, quantized_output, replace_island
 from qcompiler.qmath import quantize
 from qcompiler.quant_plan import PASS_THROUGH_OPS
 

@@ -8,11 +8,12 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._emit import Emitter
-from qcompiler.passes._qdq import Quantized, dequantized, quantized_output, replace_island
 from qcompiler.intops import DOMAIN
 from qcompiler.ir import attr, const_array, single_consumer
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._channel_affine import per_channel_vector
+from qcompiler.passes._emit import Emitter
+from qcompiler.passes._qdq import Quantized, dequantized, quantized_output, replace_island
 from qcompiler.qmath import DTYPE_RANGES, dequantize, quantize
 from qcompiler.quant_plan import UNARY_TABLE_OPS
 
@@ -50,8 +51,8 @@ def _function(node: ir.Node) -> Callable[[np.ndarray], np.ndarray] | None:
         "Sigmoid": _sigmoid,
         "Tanh": np.tanh,
         "Elu": lambda x: np.where(x >= 0, x, (alpha if alpha is not None else 1.0) * np.expm1(np.minimum(x, 0))),
-        "Selu": lambda x: attr(node, "gamma", 1.0507) * np.where(
-            x > 0, x, (alpha if alpha is not None else 1.67326) * np.expm1(np.minimum(x, 0))),
+        "Selu": lambda x: attr(node, "gamma", 1.0507009873554805) * np.where(
+            x > 0, x, (alpha if alpha is not None else 1.6732632423543772) * np.expm1(np.minimum(x, 0))),
         "Softplus": _softplus,
         "Softsign": lambda x: x / (1 + np.abs(x)),
         "Mish": lambda x: x * np.tanh(_softplus(x)),
@@ -117,8 +118,8 @@ class IntegerizeLookupTablePass(QcPass):
             return None, np.zeros(())
         rank = len(x.value.shape)
         channels = x.value.shape[1] if rank > 1 else 1
-        flat = slope.reshape(-1)
-        if flat.size not in (1, channels):
+        flat = per_channel_vector(slope, rank, min(1, rank - 1), channels) if slope.size > 1 else slope.reshape(-1)
+        if flat is None:
             return None, np.zeros(())
         codes = DTYPE_RANGES[x.dtype][1] - DTYPE_RANGES[x.dtype][0] + 1
         tables = [_table(lambda v, a=float(a): np.where(v >= 0, v, a * v), x, out) for a in flat]

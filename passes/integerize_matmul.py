@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._emit import Emitter
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.passes.integerize_conv import check_accumulator
-from qcompiler.pass_infra import PassResult, QcPass
 
 
 class IntegerizeMatMulPass(QcPass):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompiler.ir import attr
+from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._emit import Emitter
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
-from qcompiler.ir import attr
-from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.qmath import dyadic_common_shift
 
 
@@ -19,7 +19,7 @@ class IntegerizePoolingPass(QcPass):
     GlobalAveragePool sums with ReduceSum over the spatial axes. AveragePool sums with a depthwise
     ConvInteger of ones over the zero-point-padded input; with ``count_include_pad=0`` the divisor varies
     by position, so the multiplier is a per-position tensor sharing one shift. Does not fire on
-    ``ceil_mode=1`` or ``auto_pad`` pools.
+    ``ceil_mode=1``, ``auto_pad`` or dilated pools.
     """
 
     def __init__(self, mantissa_bits: int = 31):
@@ -35,7 +35,10 @@ class IntegerizePoolingPass(QcPass):
             tail = match_tail(node.outputs[0])
             if x is None or not x.per_tensor or isinstance(tail, str):
                 continue
-            if node.op_type == "AveragePool" and (attr(node, "ceil_mode", 0) or attr(node, "auto_pad", "NOTSET") != "NOTSET"):
+            if node.op_type == "AveragePool" and (
+                attr(node, "ceil_mode", 0) or attr(node, "auto_pad", "NOTSET") != "NOTSET"
+                or any(d != 1 for d in attr(node, "dilations", []))
+            ):
                 continue
             emit = Emitter(graph, tail.quantize, node.name)
             if node.op_type == "GlobalAveragePool":

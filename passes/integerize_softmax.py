@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._emit import Emitter
-from qcompiler.passes._qdq import dequantized, quantized_output, replace_island
 from qcompiler.intops import DOMAIN
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._emit import Emitter
+from qcompiler.passes._qdq import dequantized, quantized_output, replace_island
 from qcompiler.qmath import DTYPE_RANGES
 
 #: fixed-point bits of the exponential table: e(d) = round(2**EXP_BITS * exp(-s * d)).
@@ -22,7 +22,8 @@ class IntegerizeSoftmaxPass(QcPass):
     table, ``S = sum(e)`` along the axis, and ``y_q = floor((e * (qmax - zp_y) + S // 2) / S) + zp_y`` with the
     fixed output scale ``1 / (qmax - zp_y)``. The largest entry maps to ``qmax``; absolute error against the
     float softmax is at most one output step plus the table's rounding (relative 2**-16 per term).
-    Requires fewer than 2**15 elements per row (so ``S`` and ``e * 255`` fit int32).
+    Requires fewer than 2**15 elements per row (so ``S`` and ``e * 255`` fit int32). Does not fire on a
+    Softmax over any axis but the last.
     """
 
     def call(self, model: ir.Model) -> PassResult:
@@ -33,6 +34,9 @@ class IntegerizeSoftmaxPass(QcPass):
             x = dequantized(node.inputs[0])
             found = quantized_output(node.outputs[0])
             if x is None or found is None or not x.per_tensor or x.value.shape[-1] >= 2**15:
+                continue
+            axis = node.attributes["axis"].value if "axis" in node.attributes else -1
+            if axis not in (-1, len(x.value.shape) - 1):
                 continue
             quant, out = found
             steps = DTYPE_RANGES[out.dtype][1] - out.zp

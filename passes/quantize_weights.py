@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.passes._qdq import dequantized
 from qcompiler.errors import OverflowRiskError
-from qcompiler.ir import const_array, constant, node_text
+from qcompiler.ir import const_array, constant, fresh_name, node_text
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._qdq import dequantized
 from qcompiler.qmath import DTYPE_RANGES, symmetric_qparams
 
 
@@ -75,7 +75,7 @@ def _matmul_bias(node: ir.Node) -> ir.Value | None:
 
 def _dequantize(graph: ir.Graph, node: ir.Node, q: np.ndarray, scale: np.ndarray, axis: int, hint: str) -> ir.Value:
     """``DequantizeLinear(q, scale, 0, axis)`` inserted before ``node``; returns its float output."""
-    name = node.name or "node"
+    name = node.name or fresh_name(graph, "node")
     q_value = constant(graph, q, f"{name}_{hint}_q")
     scale_value = constant(graph, scale, f"{name}_{hint}_scale")
     zero_value = constant(graph, np.zeros(scale.shape, q.dtype), f"{name}_{hint}_zero_point")

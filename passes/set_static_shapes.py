@@ -38,7 +38,7 @@ class SetStaticShapesPass(QcPass):
                 problems.append(f"input '{name}' has a dynamic shape [{shown}]: pass --input-shape {name}={example}")
         if problems:
             raise ModelError("qc needs static shapes:\n  " + "\n  ".join(problems))
-        ShapeInferencePass()(model)
+        modified |= ShapeInferencePass()(model).modified
         return PassResult(model, modified)
 
     @staticmethod

@@ -9,9 +9,7 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 

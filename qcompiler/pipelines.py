@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qcompiler.pass_infra import Pipeline
 from qcompiler.passes.channel_affine_to_conv import ChannelAffineToConvPass
 from qcompiler.passes.finalize_integer_model import FinalizeIntegerModelPass
 from qcompiler.passes.fold_batchnorm import FoldBatchNormPass
@@ -19,11 +20,11 @@ from qcompiler.passes.integerize_matmul import IntegerizeMatMulPass
 from qcompiler.passes.integerize_mul import IntegerizeMulPass
 from qcompiler.passes.integerize_pooling import IntegerizePoolingPass
 from qcompiler.passes.integerize_softmax import IntegerizeSoftmaxPass
+from qcompiler.passes.name_nodes import NameNodesPass
 from qcompiler.passes.quantize_weights import QuantizeWeightsPass
 from qcompiler.passes.remove_identity_ops import RemoveIdentityOpsPass
 from qcompiler.passes.remove_unused import RemoveUnusedPass
 from qcompiler.passes.set_static_shapes import SetStaticShapesPass
-from qcompiler.pass_infra import Pipeline
 from qcompiler.quant_plan import QParams
 
 __all__ = ["normalize_pipeline", "quantize_pipeline", "integerize_pipeline"]
@@ -33,6 +34,7 @@ def normalize_pipeline(input_shapes: dict[str, tuple[int, ...]]) -> Pipeline:
     """Float model -> canonical float model with static shapes, ready for calibration."""
     return Pipeline(
         [
+            NameNodesPass(),  # every node named: errors and report.json refer to nodes by name
             InitializersAsConstantsPass(),  # weights listed as graph inputs (IR < 4) are constants
             SetStaticShapesPass(input_shapes),  # static input shapes first: folding shape subgraphs needs them
             FoldConstantsPass(),  # Constant nodes, ConstantOfShape weights, Pad/Reshape shape subgraphs

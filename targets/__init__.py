@@ -1,0 +1,46 @@
+"""qc's compilation targets: a registry of :class:`Target` s, each a capability table plus hooks.
+
+>>> available_targets()
+['x86']
+
+Adding a target (aarch64, cortex-m, cuda) means a subpackage with a :class:`Target` subclass and one line in
+``_REGISTRY``; nothing outside the subpackage branches on the target's name. This package is the only part of
+qc that imports tvm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from qcompiler.errors import TargetError
+from qcompiler.targets._base import Progress, Target
+from qcompiler.targets._runtime import CompiledModule, InputMismatchError, TensorSpec
+
+__all__ = [
+    "CompiledModule",
+    "InputMismatchError",
+    "Progress",
+    "Target",
+    "TensorSpec",
+    "available_targets",
+    "get_target",
+]
+
+#: target name -> "module:class"; imported on first use.
+_REGISTRY = {
+    "x86": "qcompiler.targets.x86:X86Target",
+}
+
+
+def available_targets() -> list[str]:
+    """Names accepted by :func:`get_target`."""
+    return sorted(_REGISTRY)
+
+
+def get_target(name: str, **options: Any) -> Target:
+    """The target called ``name``, configured with ``options`` (e.g. ``get_target("x86", mcpu="znver4")``)."""
+    if name not in _REGISTRY:
+        raise TargetError(f"unknown target {name!r}; available targets: {', '.join(available_targets())}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls).from_options(**options)

@@ -1,0 +1,96 @@
+"""x86-64 host target: LLVM with an explicit ``mcpu`` (never "native", which TVM 0.27 silently compiles as
+generic x86-64), executed through the Relax VM on this host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import platform
+
+import onnx
+import tvm
+from tvm.target import codegen
+
+from qcompiler.errors import TargetError
+from qcompiler.targets._base import Progress, Target, option
+from qcompiler.targets._build import build_relax_library
+from qcompiler.targets._runtime import CompiledModule
+
+__all__ = ["X86Target"]
+
+_TRIPLE = "x86_64-pc-linux-gnu"
+
+#: CPU names suggested when ``mcpu`` is refused.
+_EXAMPLE_CPUS = (
+    "x86-64-v3",
+    "x86-64-v4",
+    "skylake-avx512",
+    "icelake-server",
+    "sapphirerapids",
+    "znver4",
+    "znver5",
+)
+
+#: LLVM feature -> dot-product capability name, best first.
+_DOT_PRODUCTS = (("avx512vnni", "avx512-vnni"), ("avxvnni", "avx-vnni"))
+
+
+def _host_cpu() -> str:
+    return codegen.llvm_get_system_cpu()
+
+
+@dataclasses.dataclass(frozen=True)
+class X86Target(Target):
+    """x86-64 with LLVM. Options: ``mcpu`` (default: this host's CPU), ``num_cores`` (default: all).
+
+    ``dot_product`` follows from ``mcpu``: "avx512-vnni", "avx-vnni" or None.
+    """
+
+    name: str = "x86"
+    triple: str = _TRIPLE
+    native_int_widths: tuple[int, ...] = (8, 16, 32, 64)
+    dot_product: str | None = dataclasses.field(init=False, default=None)
+    cheap_int64_multiply: bool = True
+    requant_mantissa_bits: int = 31
+    runs_on_host: bool = dataclasses.field(default_factory=lambda: platform.machine() in ("x86_64", "AMD64"))
+    library_name: str = "model.so"
+    mcpu: str = option(default_factory=_host_cpu)
+    num_cores: int = option(default_factory=lambda: os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        if self.mcpu in ("", "generic", "native") or not codegen.llvm_is_valid_cpu(self.mcpu, self.triple):
+            known = codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": self.triple}))
+            examples = [cpu for cpu in _EXAMPLE_CPUS if cpu in known]
+            raise TargetError(
+                f"x86: mcpu={self.mcpu!r} is not a CPU name LLVM knows for {self.triple} "
+                f'("native" and "generic" are refused); pass mcpu=, e.g. {", ".join(examples)}'
+            )
+        if not isinstance(self.num_cores, int) or self.num_cores < 1:
+            raise TargetError(f"x86: num_cores must be a positive integer, got {self.num_cores!r}")
+        features = set(codegen.llvm_get_cpu_features(self.tvm_target()))
+        dot = next((name for feature, name in _DOT_PRODUCTS if feature in features), None)
+        object.__setattr__(self, "dot_product", dot)
+
+    def tvm_target(self) -> tvm.target.Target:
+        """The TVM target: llvm, explicit triple and mcpu, ``num-cores`` for the thread pool and tuning."""
+        return tvm.target.Target(
+            {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu, "num-cores": self.num_cores}
+        )
+
+    def compile(
+        self, region: onnx.ModelProto, out_dir: pathlib.Path, progress: Progress | None = None
+    ) -> dict:
+        """Lower, build with TVM's default CPU pipeline (untuned) and export ``out_dir / model.so``."""
+        return build_relax_library(
+            self.name, region, self.tvm_target(), pathlib.Path(out_dir) / self.library_name, progress
+        )
+
+    def load(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
+        """Load ``model.so`` into a Relax VM on the host CPU."""
+        if not self.runs_on_host:
+            raise TargetError(f"x86 libraries cannot run on this {platform.machine()} host")
+        return CompiledModule.from_library(
+            pathlib.Path(out_dir) / library_info["library"], tvm.cpu(), library_info
+        )
