@@ -51,7 +51,8 @@ def _efficientnet_lite0() -> tuple[Path, np.ndarray]:
 MODELS = {"fashion_cnn": _fashion_cnn, "efficientnet_lite0": _efficientnet_lite0}
 
 
-def _median_ms(fn: Callable[[], object], runs: int) -> float:
+def median_ms(fn: Callable[[], object], runs: int = 20) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     times = []
@@ -89,9 +90,9 @@ def bench(name: str, runs: int) -> list[tuple[str, float]]:
         module = qcompiler.compile(fixed, target="x86", calibration={input_name: samples[:32]}).module()
         ints = module.quantize_inputs({input_name: x})
         return [
-            ("onnxruntime FP32", _median_ms(lambda: fp32.run(None, {input_name: x}), runs)),
-            ("onnxruntime INT8 (QDQ)", _median_ms(lambda: int8.run(None, {input_name: x}), runs)),
-            ("qc x86, untuned (integer region)", _median_ms(lambda: module.run_integer(ints), runs)),
+            ("onnxruntime FP32", median_ms(lambda: fp32.run(None, {input_name: x}), runs)),
+            ("onnxruntime INT8 (QDQ)", median_ms(lambda: int8.run(None, {input_name: x}), runs)),
+            ("qc x86, untuned (integer region)", median_ms(lambda: module.run_integer(ints), runs)),
         ]
 
 

@@ -7,9 +7,18 @@ import onnx_ir as ir
 
 from qcompiler.intops import DOMAIN
 from qcompiler.ir import constant, fresh_name
+from qcompiler.pass_infra import QcPass
 from qcompiler.qmath import DTYPE_RANGES, dyadic
 
 _IR_TYPES = {"uint8": ir.DataType.UINT8, "int8": ir.DataType.INT8, "int32": ir.DataType.INT32, "int64": ir.DataType.INT64}
+
+
+class RequantizingPass(QcPass):
+    """Base of passes that emit ``qc.Requantize``: they share the dyadic mantissa width of the target."""
+
+    def __init__(self, mantissa_bits: int = 31):
+        super().__init__()
+        self.mantissa_bits = mantissa_bits
 
 
 class Emitter:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes._emit import Emitter
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.qmath import dyadic_common_shift
 
 
-class IntegerizeAddPass(QcPass):
+class IntegerizeAddPass(RequantizingPass):
     """Rewrite ``DQ(a) +/- DQ(b) [+ ...] -> [Relu|Clip] -> Q`` as one integer weighted sum.
 
     Each branch is rescaled to the output scale by a dyadic multiplier sharing one shift ``c``:
@@ -20,10 +20,6 @@ class IntegerizeAddPass(QcPass):
     ``m_i / 2**c ~= s_i / s_y`` (HAWQ-V3 residual rescaling, done in int64 before one rounding).
     Does not fire when an operand is a constant or not per-tensor quantized.
     """
-
-    def __init__(self, mantissa_bits: int = 31):
-        super().__init__()
-        self.mantissa_bits = mantissa_bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Rewrite every matching node."""

@@ -6,21 +6,17 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.ir import attr
-from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes._emit import Emitter
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._qdq import dequantized, quantized_output, replace_island
 
 
-class IntegerizeConcatPass(QcPass):
+class IntegerizeConcatPass(RequantizingPass):
     """Rewrite ``Concat(DQ(x_1), ..., DQ(x_n)) -> Q`` as ``Concat(r_1, ..., r_n)`` on integers.
 
     ``r_i = x_i`` when it already has the output's scale, zero point and dtype, else
     ``Requantize(x_i - zp_i, s_i / s_y)``. Does not fire on per-axis quantized inputs.
     """
-
-    def __init__(self, mantissa_bits: int = 31):
-        super().__init__()
-        self.mantissa_bits = mantissa_bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Rewrite every matching Concat."""

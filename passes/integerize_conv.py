@@ -7,14 +7,14 @@ import onnx_ir as ir
 
 from qcompiler.errors import OverflowRiskError
 from qcompiler.ir import attr, node_text
-from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes._emit import Emitter
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._fused import Tail, match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.qmath import DTYPE_RANGES
 
 
-class IntegerizeConvPass(QcPass):
+class IntegerizeConvPass(RequantizingPass):
     """Rewrite quantized 2-D Convs as integer ops.
 
     ``acc = ConvInteger(Pad(x_q, zp_x), w_q) + (b_q - zp_x * sum(w_q))`` in int32, then
@@ -23,10 +23,6 @@ class IntegerizeConvPass(QcPass):
     everywhere. Does not fire when an input is not dequantized, the output is not quantized per tensor, or
     ``auto_pad`` is used. Raises :class:`OverflowRiskError` if the int32 accumulator could overflow.
     """
-
-    def __init__(self, mantissa_bits: int = 31):
-        super().__init__()
-        self.mantissa_bits = mantissa_bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Rewrite every matching Conv."""

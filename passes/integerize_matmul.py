@@ -5,24 +5,20 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes._emit import Emitter
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.passes.integerize_conv import check_accumulator
 
 
-class IntegerizeMatMulPass(QcPass):
+class IntegerizeMatMulPass(RequantizingPass):
     """Rewrite quantized MatMuls with a constant ``[K, N]`` weight as integer ops.
 
     ``acc = MatMulInteger(x_q, W_q) + (b_q - zp_x * colsum(W_q))`` in int32, then
     ``y_q = Requantize(acc, s_x * s_w[n] / s_y)`` per output column, with a fused Relu/Clip as the clamp.
     Does not fire on MatMuls of two activations or when the output is not quantized per tensor.
     """
-
-    def __init__(self, mantissa_bits: int = 31):
-        super().__init__()
-        self.mantissa_bits = mantissa_bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Rewrite every matching MatMul."""

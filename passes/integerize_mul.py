@@ -5,22 +5,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes._emit import Emitter
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
 
 
-class IntegerizeMulPass(QcPass):
+class IntegerizeMulPass(RequantizingPass):
     """Rewrite ``DQ(a) * DQ(b) -> [Relu|Clip] -> Q`` as ``Requantize((a - zp_a) * (b - zp_b), s_a s_b / s_y)``.
 
     The product of two centered 8-bit values fits int32 exactly. Does not fire on constant operands
     (those are folded into convolutions earlier) or per-axis quantized operands.
     """
-
-    def __init__(self, mantissa_bits: int = 31):
-        super().__init__()
-        self.mantissa_bits = mantissa_bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Rewrite every matching Mul."""

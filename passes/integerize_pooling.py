@@ -6,14 +6,14 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.ir import attr
-from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes._emit import Emitter
+from qcompiler.pass_infra import PassResult
+from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._fused import match_tail
 from qcompiler.passes._qdq import dequantized, replace_island
 from qcompiler.qmath import dyadic_common_shift
 
 
-class IntegerizePoolingPass(QcPass):
+class IntegerizePoolingPass(RequantizingPass):
     """Rewrite average pooling as an int32 window sum followed by ``Requantize(s_x / (s_y * count))``.
 
     GlobalAveragePool sums with ReduceSum over the spatial axes. AveragePool sums with a depthwise
@@ -21,10 +21,6 @@ class IntegerizePoolingPass(QcPass):
     by position, so the multiplier is a per-position tensor sharing one shift. Does not fire on
     ``ceil_mode=1``, ``auto_pad`` or dilated pools.
     """
-
-    def __init__(self, mantissa_bits: int = 31):
-        super().__init__()
-        self.mantissa_bits = mantissa_bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Rewrite every matching pool."""

@@ -10,29 +10,18 @@ accuracy and latency side by side.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
 import qcompiler
+from benchmarks.latency import median_ms
 from examples.fashion_mnist.data import write_calibration_npz, write_eval_npz
 from qcompiler.evaluate import evaluate_accuracy
 
 HERE = Path(__file__).resolve().parent
 BATCH = 100
-
-
-def _median_ms(fn, runs: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -57,8 +46,8 @@ def main() -> None:
                                            providers=["CPUExecutionProvider"])
     module = artifact.module()
     ints = module.quantize_inputs({"input": images})
-    float_ms = _median_ms(lambda: session.run(None, {"input": images}))
-    int_ms = _median_ms(lambda: module.run_integer(ints))
+    float_ms = median_ms(lambda: session.run(None, {"input": images}))
+    int_ms = median_ms(lambda: module.run_integer(ints))
 
     print(f"\nFashion-MNIST CNN, {accuracy['samples']} test images, artifact in {args.out}")
     print(f"{'':<34} {'top-1 accuracy':>15} {f'ms / batch of {BATCH}':>20}")
