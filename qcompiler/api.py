@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +48,7 @@ class Artifact:
         with atomic_directory(directory, force=force) as staging:
             onnx.save(self.quantized.int_model, str(staging / INT_MODEL))
             onnx.save(self.quantized.qdq_model, str(staging / QDQ_MODEL))
-            library = self.library_info["library"]
-            (staging / library).write_bytes((self.build_dir / library).read_bytes())
+            library_files = self._copy_library(staging)
             (staging / REPORT).write_text(json.dumps(self.report, indent=1))
             inputs, outputs = boundary(self.quantized.int_model)
             manifest = {
@@ -57,10 +59,22 @@ class Artifact:
                 "library": self.library_info,
                 "config": self.config.to_json(),
                 "versions": _versions(),
-                "files": file_hashes(staging, [INT_MODEL, QDQ_MODEL, library, REPORT]),
+                "files": file_hashes(staging, [INT_MODEL, QDQ_MODEL, *library_files, REPORT]),
             }
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         return directory
+
+    def _copy_library(self, staging: Path) -> list[str]:
+        """Copy the built library (a file, or an MCU source tree without build outputs); return its files."""
+        library = self.library_info["library"]
+        source = self.build_dir / library
+        if not source.is_dir():
+            names = [library, *self.library_info.get("extra_files", [])]  # e.g. CUDA source and PTX
+            for name in names:
+                shutil.copyfile(self.build_dir / name, staging / name)
+            return names
+        shutil.copytree(source, staging / library, ignore=shutil.ignore_patterns("build"))
+        return sorted(str(p.relative_to(staging)) for p in (staging / library).rglob("*") if p.is_file())
 
     def module(self) -> Module:
         """The compiled module, loaded from the build directory (before or without saving)."""
@@ -94,12 +108,16 @@ def compile(model, target: str | None = None, calibration=None, config: CompileC
         "timings": quantized.timings,
         "calibration": {"method": config.calibration_method},
     })
-    return Artifact(config, quantized, chosen.describe(), library_info, build_dir, report)
+    memory = {k: library_info[k] for k in ("flash_bytes", "ram_bytes", "arena_bytes", "stack_bytes", "weights_bytes")
+              if k in library_info}
+    if memory:
+        report["memory"] = memory
+    artifact = Artifact(config, quantized, chosen.describe(), library_info, build_dir, report)
+    weakref.finalize(artifact, shutil.rmtree, build_dir, True)  # the build directory lives as long as the artifact
+    return artifact
 
 
 def _scratch_dir() -> str:
-    import tempfile
-
     return tempfile.mkdtemp(prefix="qc-build-")
 
 

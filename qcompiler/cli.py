@@ -149,9 +149,10 @@ def run(
 def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")],
             as_json: Annotated[bool, typer.Option("--json", help="print report.json")] = False) -> None:
     """Show what was quantized how, per node."""
-    from qcompiler.artifact import read_manifest
+    from qcompiler.artifact import check_hashes, read_manifest
 
     manifest = read_manifest(artifact)
+    check_hashes(artifact, manifest)
     report = json.loads((artifact / "report.json").read_text())
     if as_json:
         out.print_json(data=report)
@@ -193,10 +194,6 @@ def main() -> None:
         sys.exit(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(2)
-        raise
+    except typer.TyperException as error:  # usage errors: unknown option, missing argument, ...
+        error.show()
+        sys.exit(error.exit_code)

@@ -45,27 +45,50 @@ class CompileConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
-        method = self.calibration_method.lower()
-        object.__setattr__(self, "calibration_method", method)
-        problems = []
-        if method not in CALIBRATION_METHODS:
-            problems.append(f"calibration_method '{self.calibration_method}' is not one of {', '.join(CALIBRATION_METHODS)}")
-        if self.activation_dtype not in ACTIVATION_DTYPES:
-            problems.append(f"activation_dtype '{self.activation_dtype}' is not one of {', '.join(ACTIVATION_DTYPES)}")
-        if self.weight_bits != 8:
-            problems.append(f"weight_bits={self.weight_bits}: only 8-bit weights are supported so far")
-        if not 50.0 < self.percentile <= 100.0:
-            problems.append(f"percentile={self.percentile} must be in (50, 100]")
-        if self.version != CONFIG_VERSION:
-            problems.append(f"config version {self.version} is not supported (this qc reads version {CONFIG_VERSION})")
-        shapes = {}
-        for name, shape in dict(self.input_shapes).items():
-            if not all(isinstance(d, int) and d > 0 for d in shape):
-                problems.append(f"input_shapes['{name}'] = {shape} must be positive integers")
-            shapes[name] = tuple(int(d) for d in shape)
-        object.__setattr__(self, "input_shapes", shapes)
+        problems = self._type_problems()
+        if isinstance(self.calibration_method, str):
+            object.__setattr__(self, "calibration_method", self.calibration_method.lower())
+        problems += self._value_problems(badly_typed={p.split(" ")[0] for p in problems})
         if problems:
             raise QcError("invalid configuration:\n  " + "\n  ".join(problems))
+        object.__setattr__(self, "input_shapes", {k: tuple(int(d) for d in v) for k, v in self.input_shapes.items()})
+
+    def _type_problems(self) -> list[str]:
+        """Fields whose type is wrong (checked first: the value checks below assume the types)."""
+        expected = {"target": str, "target_options": dict, "calibration_method": str, "percentile": (int, float),
+                    "activation_dtype": str, "weight_bits": int, "input_shapes": dict, "version": int}
+        problems = [f"{name} must be {getattr(kind, '__name__', 'a number')}, got {getattr(self, name)!r}"
+                    for name, kind in expected.items()
+                    if not isinstance(getattr(self, name), kind) or isinstance(getattr(self, name), bool)]
+        if isinstance(self.input_shapes, dict):
+            problems += [f"input_shapes['{name}'] = {shape!r} must be a list of positive integers"
+                         for name, shape in self.input_shapes.items()
+                         if not isinstance(shape, (list, tuple))
+                         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)]
+        return problems
+
+    def _value_problems(self, badly_typed: set[str]) -> list[str]:
+        """Well-typed fields whose value is out of range, all of them."""
+        checks = {
+            "calibration_method": lambda: self.calibration_method not in CALIBRATION_METHODS,
+            "activation_dtype": lambda: self.activation_dtype not in ACTIVATION_DTYPES,
+            "weight_bits": lambda: self.weight_bits != 8,
+            "percentile": lambda: not 50.0 < self.percentile <= 100.0,
+            "version": lambda: self.version != CONFIG_VERSION,
+        }
+        failing = {name for name, check in checks.items() if name not in badly_typed and check()}
+        problems = []
+        if "calibration_method" in failing:
+            problems.append(f"calibration_method '{self.calibration_method}' is not one of {', '.join(CALIBRATION_METHODS)}")
+        if "activation_dtype" in failing:
+            problems.append(f"activation_dtype '{self.activation_dtype}' is not one of {', '.join(ACTIVATION_DTYPES)}")
+        if "weight_bits" in failing:
+            problems.append(f"weight_bits={self.weight_bits}: only 8-bit weights are supported so far")
+        if "percentile" in failing:
+            problems.append(f"percentile={self.percentile} must be in (50, 100]")
+        if "version" in failing:
+            problems.append(f"config version {self.version} is not supported (this qc reads version {CONFIG_VERSION})")
+        return problems
 
     def to_json(self) -> dict:
         """The configuration as plain JSON data."""

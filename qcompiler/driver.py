@@ -60,7 +60,8 @@ def quantize_model(model, calibration, config: CompileConfig, mantissa_bits: int
     names = [v.name for v in calibration_points(ir_model.graph)]
     report = (lambda done, total: progress("calibrate", done, total)) if progress else None
     ranges = collect_ranges(float_proto, names, calibration, method=config.calibration_method, progress=report,
-                            dtype=config.activation_dtype, percentile=config.percentile)
+                            dtype=config.activation_dtype, percentile=config.percentile,
+                            unclipped=frozenset(v.name for v in ir_model.graph.outputs))
     timings["calibrate"] = time.perf_counter() - start
 
     start = time.perf_counter()

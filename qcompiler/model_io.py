@@ -67,6 +67,10 @@ def _check_finite(model: ir.Model) -> None:
         array = tensor.numpy()
         if not np.all(np.isfinite(array)):
             bad.append(f"{name} ({int(np.sum(~np.isfinite(array)))} non-finite of {array.size})")
+    for node in model.graph:
+        tensor = node.attributes["value"].value if node.op_type == "Constant" and "value" in node.attributes else None
+        if tensor is not None and tensor.dtype.is_floating_point() and not np.all(np.isfinite(tensor.numpy())):
+            bad.append(f"Constant node {node.name or node.outputs[0].name}")
     if bad:
         raise ModelError("weights hold NaN or Inf: " + ", ".join(bad) + "; fix the exported model")
 

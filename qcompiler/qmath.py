@@ -77,9 +77,9 @@ def quantize(x: np.ndarray, scale, zero_point, dtype: str) -> np.ndarray:
     array([0, 0, 2, 9], dtype=int8)
     """
     qmin, qmax = DTYPE_RANGES[dtype]
-    scaled = np.asarray(x, dtype=np.float32) / np.asarray(scale, dtype=np.float32)
-    q = np.rint(scaled).astype(np.int64) + np.asarray(zero_point, dtype=np.int64)
-    return np.clip(q, qmin, qmax).astype(dtype)
+    scaled = np.rint(np.asarray(x, dtype=np.float32) / np.asarray(scale, dtype=np.float32))
+    shifted = scaled.astype(np.float64) + np.asarray(zero_point, dtype=np.float64)
+    return np.clip(np.nan_to_num(shifted, nan=0.0), qmin, qmax).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
@@ -142,6 +142,11 @@ def dyadic_common_shift(ratios: np.ndarray, mantissa_bits: int = 31) -> tuple[np
     if shift < 1:
         raise OverflowRiskError(f"rescale ratio {largest:.3g} too large for a dyadic multiplier")
     multipliers = np.floor(ratios * 2.0**shift + 0.5).astype(np.int64)
+    if np.max(np.abs(multipliers)) >= 2**mantissa_bits:  # the largest rounded up to 2**mantissa_bits
+        shift -= 1
+        if shift < 1:
+            raise OverflowRiskError(f"rescale ratio {largest:.3g} too large for a dyadic multiplier")
+        multipliers = np.floor(ratios * 2.0**shift + 0.5).astype(np.int64)
     return multipliers, shift
 
 

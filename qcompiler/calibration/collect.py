@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from qcompiler.calibration.ranges import compute_range, observer_for
+from qcompiler.calibration.ranges import compute_range, minmax_range, observer_for
 from qcompiler.calibration.sources import InputSpecs, calibration_batches
 from qcompiler.errors import CalibrationError, ModelError
 
@@ -43,6 +43,7 @@ def collect_ranges(
     progress: Callable[[int, int], None] | None = None,
     dtype: str = "uint8",
     percentile: float = 99.999,
+    unclipped: frozenset[str] = frozenset(),
 ) -> dict[str, tuple[float, float]]:
     """Clipping range ``(rmin, rmax)`` of each float32 tensor in ``tensor_names``, observed over ``source``.
 
@@ -60,6 +61,8 @@ def collect_ranges(
             CalibrationDataReader, whose length is unknown.
         dtype: quantized dtype of the tensors (the ``mse`` method weighs rounding error on its grid).
         percentile: the percentile of ``|x|`` kept by the ``percentile`` method.
+        unclipped: tensors whose range is their exact min/max whatever the method (the driver passes the
+            model outputs: clipping class scores ties the top classes and destroys the ranking).
 
     Raises:
         ModelError: a graph input is not a static-shape tensor, a requested tensor is not in the graph or not
@@ -75,7 +78,10 @@ def collect_ranges(
             observer.update(value)
         if progress is not None:
             progress(done, batches.total)
-    return {name: compute_range(method, obs, dtype, percentile) for name, obs in observers.items()}
+    return {
+        name: minmax_range(obs) if name in unclipped else compute_range(method, obs, dtype, percentile)
+        for name, obs in observers.items()
+    }
 
 
 def model_input_specs(model: onnx.ModelProto) -> InputSpecs:

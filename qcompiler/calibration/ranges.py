@@ -198,8 +198,22 @@ def compute_range(
     if key == "percentile":
         return percentile_range(observer, percentile)
     if key == "entropy":
-        return entropy_range(observer)
+        return entropy_range(observer, _entropy_groups(observer, dtype))
     return mse_range(observer, *DTYPE_RANGES[dtype])
+
+
+def _entropy_groups(hist: HistogramObserver, dtype: str) -> int:
+    """Quantized bins spanning the symmetric slice so that the side holding data gets the dtype's levels.
+
+    The histogram is symmetric around 0, but a one-signed tensor (ReLU, ReLU6 outputs) is quantized
+    asymmetrically with all ``qmax - qmin`` steps on its own side: model that by twice the groups, so the
+    KL search does not assume half the resolution and clip far too hard (ReLU6 layers of EfficientNet-Lite
+    were clipped to 1.3 of 6 with the plain 255 groups).
+    """
+    qmin, qmax = DTYPE_RANGES[dtype]
+    steps = qmax - qmin
+    one_signed = hist.min >= 0.0 or hist.max <= 0.0
+    return min(2 * steps + 1, hist.counts.size) if one_signed else steps
 
 
 def observer_for(method: str, name: str) -> Observer:

@@ -1,18 +1,15 @@
-"""The ``qc`` command line, run as users run it (the installed script, in a subprocess).
+"""The ``qc`` command line, run in subprocesses as users run it.
 
 Every bad input must exit with status 2 and one ``error:`` message naming the problem, with no Python
-traceback and no output directory left behind. The happy path compiles once per module.
-
-Each ``qc`` process imports TVM (about 5 s), so the module fixture starts all independent commands at
-once and the tests only read their results.
+traceback and no output directory left behind. The happy path compiles once per module, with the installed
+script; the error cases run through :func:`cli_testkit.run_batch` (one TVM import for all of them), and one
+of them through the script too, to show both report errors identically. The module fixture starts all
+independent commands at once; the tests only read their results.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_testkit import Result, run_batch, run_qc
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 from qcompiler.qmath import dequantize
 from tests.e2e.zoo import build_tiny_cnn
 
-QC = Path(sys.executable).parent / "qc"
 SHAPE = ("--input-shape", "input=1,1,16,16")
 #: the initializer of the tiny CNN that the NaN-weights case breaks.
 NAN_INITIALIZER = "depthwise.weight"
@@ -35,10 +32,15 @@ ARTIFACT_FILES = ["manifest.json", "model.int.onnx", "model.qdq.onnx", "model.so
 
 @dataclass(frozen=True)
 class Case:
-    """A ``qc`` command that must fail, and the fragments its one error message must contain."""
+    """A ``qc`` command that must fail, and the fragments its one error message must contain.
+
+    ``usage``: a command-line usage error, reported by typer/click as ``Usage: ...`` plus ``Error: ...``
+    rather than by qc as ``error: ...``.
+    """
 
     args: tuple[str, ...]
     expect: tuple[str, ...]
+    usage: bool = False
 
 
 def compile_case(model: str, *options: str, expect: tuple[str, ...]) -> Case:
@@ -84,23 +86,14 @@ CASES = {
                                        expect=("unknown config key(s) ['calib_method']", "valid keys")),
     "run_not_an_artifact": Case(("run", "calib_dir", "--input", "x.npz", "--output", "y.npz"),
                                 ("calib_dir is not a qc artifact (no manifest.json)", "qc compile")),
+    "inspect_not_an_artifact": Case(("inspect", "calib_dir"), ("calib_dir is not a qc artifact",)),
+    "inspect_incomplete_artifact": Case(("inspect", "manifest_only"), ("report.json",)),
+    "mistyped_config_value": compile_case("tiny.onnx", "--calib", "calib.npz", *SHAPE, "--config", "mistyped.json",
+                                          expect=("percentile",)),
+    "unknown_option": Case(("compile", "tiny.onnx", "--bogus"), ("--bogus",), usage=True),
+    "missing_option": Case(("run", "calib_dir"), ("--input",), usage=True),
+    "unknown_command": Case(("frobnicate",), ("frobnicate",), usage=True),
 }
-#: failures that the CLI does not yet turn into one clean message (see the xfail reasons).
-XFAIL_CASES = {
-    "mistyped_config_value": (
-        compile_case("tiny.onnx", "--calib", "calib.npz", *SHAPE, "--config", "mistyped.json",
-                     expect=("percentile",)),
-        "qcompiler/config.py:406 (via cli.py:327): a config file with \"percentile\": \"high\" raises TypeError "
-        "in CompileConfig.__post_init__, so `qc compile --config` prints a Python traceback instead of one "
-        "error. Fix: type-check config fields and report them as QcError problems.",
-    ),
-}
-
-
-def qc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the installed ``qc`` script; a wide terminal keeps rich from wrapping messages mid-phrase."""
-    env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([str(QC), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def flat(text: str) -> str:
@@ -140,6 +133,8 @@ def write_inputs(work: Path) -> None:
     (work / "typo.json").write_text(json.dumps({"calib_method": "minmax"}))
     (work / "mistyped.json").write_text(json.dumps({"percentile": "high"}))
     (work / "calib_dir").mkdir()
+    (work / "manifest_only").mkdir()  # a manifest that lists a report.json the directory lacks
+    (work / "manifest_only" / "manifest.json").write_text(json.dumps({"format": 1, "files": {"report.json": "0"}}))
     for existing in ("out_output_exists", "happy"):  # pre-existing outputs: refused, then replaced with --force
         (work / existing).mkdir()
         (work / existing / "keep.txt").write_text("user data")
@@ -178,17 +173,21 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
+HAPPY = ("compile", "tiny.onnx", "-o", "happy", "--calib", "calib.npz", *SHAPE, "--eval", "eval.npz", "--force")
+#: the error case also run through the installed script (its own output directory name).
+SCRIPT_CASE = "dynamic_input"
+
+
 @pytest.fixture(scope="module")
-def results(work) -> dict[str, subprocess.CompletedProcess]:
-    """Every independent ``qc`` command of this module, run concurrently: name -> completed process."""
-    commands = {name: output_args(name, case) for name, case in {**CASES, **{k: c for k, (c, _) in XFAIL_CASES.items()}}.items()}
-    commands["happy"] = ("compile", "tiny.onnx", "-o", "happy", "--calib", "calib.npz", *SHAPE, "--eval", "eval.npz", "--force")
-    commands["targets"] = ("targets",)
-    # the compile first: it is the longest
-    order = ["happy", *(name for name in commands if name != "happy")]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(qc, *commands[name], cwd=work) for name in order}
-    return {name: future.result() for name, future in futures.items()}
+def results(work) -> dict[str, Result]:
+    """Every independent ``qc`` command of this module, run concurrently: name -> result."""
+    commands = {name: output_args(name, case) for name, case in CASES.items()}
+    commands |= {"targets": ("targets",), "help": ("--help",)}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        happy = pool.submit(run_qc, *HAPPY, cwd=work)  # the longest: first
+        batch = pool.submit(run_batch, commands, work)
+        script = pool.submit(run_qc, *output_args(f"{SCRIPT_CASE}_script", CASES[SCRIPT_CASE]), cwd=work)
+    return {**batch.result(), "happy": happy.result(), "script": script.result()}
 
 
 @pytest.fixture(scope="module")
@@ -201,13 +200,13 @@ def artifact(work, results) -> Path:
 # -- errors ----------------------------------------------------------------------------------------------
 
 
-def assert_one_clean_error(done: subprocess.CompletedProcess, expect: tuple[str, ...]) -> None:
+def assert_one_clean_error(done: Result, case: Case) -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr + done.stdout
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in done.stderr.splitlines() if line.strip().startswith("error:" if not case.usage else "Error")]
     assert len(errors) == 1, done.stderr
     message = flat(done.stderr)
-    for fragment in expect:
+    for fragment in case.expect:
         assert fragment in message, (fragment, message)
 
 
@@ -219,18 +218,18 @@ def assert_no_output_left(work: Path, name: str) -> None:
     assert not list(work.glob(f".out_{name}*")), "a hidden staging directory was left behind"
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_bad_input_gives_one_clear_error(name, work, results):
-    assert_one_clean_error(results[name], CASES[name].expect)
-    assert_no_output_left(work, name)
-
-
 @pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason)) for name, (_, reason) in XFAIL_CASES.items()]
+    "name",
+    list(CASES),
 )
-def test_bad_input_gives_one_clear_error_xfail(name, work, results):
-    assert_one_clean_error(results[name], XFAIL_CASES[name][0].expect)
+def test_bad_input_gives_one_clear_error(name, work, results):
+    assert_one_clean_error(results[name], CASES[name])
     assert_no_output_left(work, name)
+
+
+def test_the_installed_script_reports_errors_like_the_batch(work, results):
+    assert results["script"] == results[SCRIPT_CASE]
+    assert_no_output_left(work, f"{SCRIPT_CASE}_script")
 
 
 # -- the happy path --------------------------------------------------------------------------------------
@@ -252,7 +251,7 @@ def test_compile_writes_the_artifact_and_prints_the_op_table(artifact, results):
 
 
 def test_run_writes_outputs_equal_to_the_python_api(work, artifact):
-    done = qc("run", "happy", "--input", "x.npz", "--output", "y.npz", "--integer", cwd=work)
+    done = run_qc("run", "happy", "--input", "x.npz", "--output", "y.npz", "--integer", cwd=work)
     assert done.returncode == 0, done.stderr
     import qcompiler
 
@@ -267,7 +266,7 @@ def test_run_writes_outputs_equal_to_the_python_api(work, artifact):
 
 
 def test_inspect_lists_the_nodes(work, artifact):
-    done = qc("inspect", "happy", cwd=work)
+    done = run_qc("inspect", "happy", cwd=work)
     assert done.returncode == 0, done.stderr
     assert "target x86" in done.stdout and "input input: uint8[1, 1, 16, 16]" in done.stdout
     report = json.loads((artifact / "report.json").read_text())
@@ -276,9 +275,16 @@ def test_inspect_lists_the_nodes(work, artifact):
 
 
 def test_inspect_json_prints_the_report(work, artifact):
-    done = qc("inspect", "happy", "--json", cwd=work)
+    done = run_qc("inspect", "happy", "--json", cwd=work)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == json.loads((artifact / "report.json").read_text())
+
+
+def test_help_lists_the_commands(results):
+    done = results["help"]
+    assert done.returncode == 0, done.stderr
+    for command in ("compile", "run", "inspect", "targets"):
+        assert command in done.stdout
 
 
 def test_targets_lists_x86(results):

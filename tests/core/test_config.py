@@ -128,14 +128,6 @@ def test_load_reports_a_version_mismatch(tmp_path):
         CompileConfig.load(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qcompiler/config.py:397,406,411: __post_init__ assumes field types (str.lower(), float compare, "
-    "iterable shapes), so a config file with e.g. \"calibration_method\": 3, \"percentile\": \"high\" or "
-    "\"input_shapes\": {\"input\": 5} raises AttributeError/TypeError (a traceback from `qc compile "
-    "--config`) instead of one QcError. Fix: check each field's type first and add a problem line "
-    "('percentile must be a number, got str') instead of operating on it.",
-)
 def test_wrongly_typed_fields_are_problems_too():
     problems = problems_of(calibration_method=3, percentile="high", input_shapes={"input": 5})
     assert len(problems) == 3

@@ -14,8 +14,9 @@ from qcompiler.config import CompileConfig
 from qcompiler.driver import quantize_model
 from qcompiler.errors import ModelError
 from qcompiler.model_io import boundary, integer_region, load_float_model
+from qcompiler.pass_infra import instrumented
 from qcompiler.qmath import DTYPE_RANGES, dequantize, quantize
-from qcompiler.verify import integer_region_problems
+from qcompiler.verify import integer_region_problems, verify_integer_region
 
 RNG = np.random.default_rng(0)
 
@@ -57,7 +58,9 @@ def relu_model(opset: int = 21, **initializers) -> onnx.ModelProto:
 def int_model() -> onnx.ModelProto:
     calibration = {"x": RNG.standard_normal((4, 2, 6, 6)).astype(np.float32),
                    "skip": RNG.standard_normal((4, 4, 6, 6)).astype(np.float32)}
-    return quantize_model(residual_model(), calibration, CompileConfig()).int_model
+    # module-scoped, so outside the autouse verifier fixture: install the staged verifier here too
+    with instrumented(lambda name, model: verify_integer_region(model, staged=True)):
+        return quantize_model(residual_model(), calibration, CompileConfig()).int_model
 
 
 # -- integer_region / boundary ---------------------------------------------------------------------------
@@ -138,14 +141,6 @@ def test_load_refuses_non_finite_weights_naming_each(bad):
     assert "good_w" not in message and "bias" not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qcompiler/model_io.py:60-71: _check_finite scans graph initializers only, so NaN weights held "
-    "by a Constant node (as torch and other exporters emit) pass load_float_model; the compile later fails "
-    "in calibration blaming the calibration data ('the float model produces non-finite values on this "
-    "data'). Fix: also scan Constant nodes' value attributes (or run the check after constants are lifted "
-    "to initializers) and name the node.",
-)
 def test_load_refuses_non_finite_weights_in_constant_nodes():
     weights = np.ones(4, np.float32)
     weights[2] = np.nan

@@ -24,9 +24,9 @@ def small_model():
 
 
 def test_registry_lists_x86_and_rejects_unknown_names():
-    assert available_targets() == ["x86"]
+    assert "x86" in available_targets()
     assert isinstance(get_target("x86"), Target)
-    with pytest.raises(TargetError, match=r"unknown target 'riscv'.*available targets: x86"):
+    with pytest.raises(TargetError, match=r"unknown target 'riscv'.*available targets: .*x86"):
         get_target("riscv")
 
 

@@ -1,0 +1,255 @@
+"""The bare-metal test image around the model: startup, semihosting I/O, linker script, Makefile.
+
+The image reads each input from the host file ``in<i>.bin`` and writes each output to ``out<i>.bin``
+(semihosting, relative to the emulator's working directory), so one ELF serves any number of runs. It
+paints the stack before ``main`` and prints how much of it was used, then exits through semihosting
+(status 0 only when every kernel succeeded).
+"""
+
+from __future__ import annotations
+
+from qcompiler.targets._runtime import TensorSpec
+
+__all__ = ["STACK_PAINT", "linker_script", "main_c", "makefile", "startup_c"]
+
+#: the word the startup code fills the stack with (to measure its high-water mark).
+STACK_PAINT = 0xA5A5A5A5
+
+
+def startup_c() -> str:
+    """Vector table, reset handler (copy .data, zero .bss, enable FPU/MVE, paint the stack), semihosting."""
+    return f"""/* qc: bare-metal startup and semihosting for Cortex-M (generated). */
+#include <stdint.h>
+#include <string.h>
+
+extern uint32_t __data_load[], __data_start[], __data_end[], __bss_start[], __bss_end[];
+extern uint32_t __stack_limit[], __stack_top[];
+int main(void);
+
+int qc_semihost(int op, void *arg) {{
+  register int r0 __asm__("r0") = op;
+  register void *r1 __asm__("r1") = arg;
+  __asm__ volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
+  return r0;
+}}
+
+void qc_puts(const char *text) {{ qc_semihost(0x04, (void *)text); }}
+
+__attribute__((noreturn)) void qc_exit(int ok) {{
+  /* SYS_EXIT: ADP_Stopped_ApplicationExit -> status 0, ADP_Stopped_RunTimeErrorUnknown -> 1 */
+  qc_semihost(0x18, (void *)(ok ? 0x20026 : 0x20023));
+  for (;;) {{
+  }}
+}}
+
+uint32_t qc_stack_used(void) {{
+  const uint32_t *word = __stack_limit;
+  while (word < __stack_top && *word == 0x{STACK_PAINT:08X}u) ++word;
+  return (uint32_t)((const uint8_t *)__stack_top - (const uint8_t *)word);
+}}
+
+__attribute__((noreturn)) void Reset_Handler(void) {{
+  memcpy(__data_start, __data_load, (size_t)((uint8_t *)__data_end - (uint8_t *)__data_start));
+  memset(__bss_start, 0, (size_t)((uint8_t *)__bss_end - (uint8_t *)__bss_start));
+#if defined(__ARM_FP) || defined(__ARM_FEATURE_MVE)
+  *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20; /* CPACR: CP10/CP11 full access (FPU, MVE) */
+  __asm__ volatile("dsb\\n\\tisb" ::: "memory");
+#endif
+  uint32_t *sp;
+  __asm__ volatile("mov %0, sp" : "=r"(sp));
+  for (uint32_t *word = __stack_limit; word < sp - 16; ++word) *word = 0x{STACK_PAINT:08X}u;
+  qc_exit(main() == 0);
+}}
+
+__attribute__((noreturn)) void qc_fault(void) {{
+  qc_puts("qc: fault (HardFault/MemManage/BusFault/UsageFault)\\n");
+  qc_exit(0);
+}}
+
+typedef void (*qc_handler)(void);
+__attribute__((section(".vectors"), used)) const qc_handler qc_vectors[16] = {{
+  (qc_handler)(uintptr_t)__stack_top, Reset_Handler, qc_fault, qc_fault, qc_fault, qc_fault, qc_fault,
+  0, 0, 0, 0, qc_fault, qc_fault, 0, qc_fault, qc_fault,
+}};
+"""
+
+
+def main_c(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
+    """The test program: read ``in<i>.bin``, run the model, write ``out<i>.bin``, report the stack used."""
+    buffers = [
+        f"static uint8_t qc_in{i}[QC_INPUT{i}_BYTES] __attribute__((aligned(16)));"
+        for i in range(len(inputs))
+    ]
+    buffers += [
+        f"static uint8_t qc_out{i}[QC_OUTPUT{i}_BYTES] __attribute__((aligned(16)));"
+        for i in range(len(outputs))
+    ]
+    ins = ", ".join(f"qc_in{i}" for i in range(len(inputs))) or "NULL"
+    outs = ", ".join(f"qc_out{i}" for i in range(len(outputs)))
+    read = "\n".join(
+        f'  if (!qc_file("in{i}.bin", 1, qc_in{i}, QC_INPUT{i}_BYTES)) return 2;' for i in range(len(inputs))
+    )
+    write = "\n".join(
+        f'  if (!qc_file("out{i}.bin", 5, qc_out{i}, QC_OUTPUT{i}_BYTES)) return 2;'
+        for i in range(len(outputs))
+    )
+    return f"""/* qc: semihosting test program (generated): in<i>.bin -> model -> out<i>.bin. */
+#include <stdint.h>
+#include <string.h>
+#include "model.h"
+
+int qc_semihost(int op, void *arg);
+void qc_puts(const char *text);
+uint32_t qc_stack_used(void);
+
+{chr(10).join(buffers)}
+
+/* Read (mode 1, "rb") or write (mode 5, "wb") exactly n bytes of a host file; 1 on success. */
+static int qc_file(const char *name, int mode, uint8_t *data, uint32_t n) {{
+  uint32_t open_args[3] = {{(uint32_t)name, (uint32_t)mode, (uint32_t)strlen(name)}};
+  int handle = qc_semihost(0x01, open_args);
+  if (handle < 0) {{
+    qc_puts("qc: cannot open ");
+    qc_puts(name);
+    qc_puts("\\n");
+    return 0;
+  }}
+  uint32_t io_args[3] = {{(uint32_t)handle, (uint32_t)data, n}};
+  int left = qc_semihost(mode == 1 ? 0x06 : 0x05, io_args);
+  qc_semihost(0x02, &handle);
+  if (left != 0) {{
+    qc_puts("qc: short transfer on ");
+    qc_puts(name);
+    qc_puts("\\n");
+  }}
+  return left == 0;
+}}
+
+static void qc_put_uint(const char *label, uint32_t value) {{
+  char text[12];
+  int i = 11;
+  text[i] = 0;
+  do {{
+    text[--i] = (char)('0' + value % 10u);
+    value /= 10u;
+  }} while (value);
+  qc_puts(label);
+  qc_puts(text + i);
+}}
+
+int main(void) {{
+  const void *const inputs[{max(len(inputs), 1)}] = {{{ins}}};
+  void *const outputs[{len(outputs)}] = {{{outs}}};
+{read}
+  int rc = qc_run_buffers(inputs, outputs);
+  if (rc != 0) {{
+    qc_put_uint("qc: kernel ", (uint32_t)(rc - 1));
+    qc_puts(" failed: ");
+    qc_puts(qc_last_error());
+    qc_puts("\\n");
+    return 1;
+  }}
+{write}
+  qc_put_uint("qc: ok stack_used=", qc_stack_used());
+  qc_puts("\\n");
+  return 0;
+}}
+"""
+
+
+def linker_script(flash: tuple[int, int], ram: tuple[int, int]) -> str:
+    """Code, constants and the .data image in flash; stack (lowest), .data and .bss (with the arena) in RAM."""
+    return f"""/* qc: memory layout of the board (generated). */
+MEMORY
+{{
+  FLASH (rx)  : ORIGIN = 0x{flash[0]:08X}, LENGTH = {flash[1]}
+  RAM   (rwx) : ORIGIN = 0x{ram[0]:08X}, LENGTH = {ram[1]}
+}}
+
+/* __stack_size: bytes, from the Makefile (-Wl,--defsym=__stack_size=...) */
+ENTRY(Reset_Handler)
+
+SECTIONS
+{{
+  .text :
+  {{
+    KEEP(*(.vectors))
+    *(.text*)
+    *(.rodata*)
+    . = ALIGN(16);
+  }} > FLASH
+  .ARM.exidx : {{ *(.ARM.exidx*) }} > FLASH
+  .stack (NOLOAD) :
+  {{
+    . = ALIGN(8);
+    __stack_limit = .;
+    . += __stack_size;
+    . = ALIGN(8);
+    __stack_top = .;
+  }} > RAM
+  .data :
+  {{
+    . = ALIGN(16);
+    __data_start = .;
+    *(.data*)
+    . = ALIGN(16);
+    __data_end = .;
+  }} > RAM AT > FLASH
+  __data_load = LOADADDR(.data);
+  .bss (NOLOAD) :
+  {{
+    . = ALIGN(16);
+    __bss_start = .;
+    *(.bss*)
+    *(COMMON)
+    . = ALIGN(16);
+    __bss_end = .;
+  }} > RAM
+}}
+"""
+
+
+def makefile(cpu: str, cpu_flags: str) -> str:
+    """The Makefile: ``make`` builds qc_model.elf (test image) and libqcmodel.a (model only)."""
+    return f"""# qc: build the model for {cpu} with arm-none-eabi-gcc (generated).
+#   make                  -> qc_model.elf (semihosting test image) and libqcmodel.a (model only)
+#   make CPU_FLAGS=...    -> another core of the same family
+CC      = arm-none-eabi-gcc
+AR      = arm-none-eabi-ar
+SIZE    = arm-none-eabi-size
+CPU_FLAGS ?= {cpu_flags}
+OPT     ?= -O2
+# stack.mk holds the stack size qc computed from -fstack-usage (the default is a safe guess).
+-include stack.mk
+STACK_SIZE ?= 8192
+CFLAGS  = $(CPU_FLAGS) $(OPT) -std=gnu11 -ffunction-sections -fdata-sections -fstack-usage -Iinclude -I.
+LDFLAGS = $(CPU_FLAGS) -nostartfiles --specs=nano.specs -Wl,--gc-sections -Wl,-T,board.ld \\
+          -Wl,--defsym=__stack_size=$(STACK_SIZE) -Wl,-Map=build/qc_model.map
+
+MODEL   = model.c kernels.c weights.c
+HARNESS = main.c startup.c
+MODEL_OBJS   = $(MODEL:%.c=build/%.o)
+HARNESS_OBJS = $(HARNESS:%.c=build/%.o)
+
+all: qc_model.elf libqcmodel.a
+
+objects: $(MODEL_OBJS) $(HARNESS_OBJS)
+
+build/%.o: %.c model.h weights.h | build
+\t$(CC) $(CFLAGS) -c $< -o $@
+
+build:
+\tmkdir -p build
+
+qc_model.elf: $(MODEL_OBJS) $(HARNESS_OBJS) board.ld
+\t$(CC) $(LDFLAGS) $(MODEL_OBJS) $(HARNESS_OBJS) -o $@
+\t$(SIZE) -A $@
+
+libqcmodel.a: $(MODEL_OBJS)
+\t$(AR) rcs $@ $^
+
+clean:
+\trm -rf build qc_model.elf libqcmodel.a
+
+.PHONY: all objects clean
+"""
