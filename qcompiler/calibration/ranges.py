@@ -213,7 +213,7 @@ def _entropy_groups(hist: HistogramObserver, dtype: str) -> int:
     qmin, qmax = DTYPE_RANGES[dtype]
     steps = qmax - qmin
     one_signed = hist.min >= 0.0 or hist.max <= 0.0
-    return min(2 * steps + 1, hist.counts.size) if one_signed else steps
+    return min(2 * steps + 1 if one_signed else steps, hist.counts.size)
 
 
 def observer_for(method: str, name: str) -> Observer:
