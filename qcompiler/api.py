@@ -18,7 +18,7 @@ import onnxruntime
 from qcompiler.artifact import FORMAT, MANIFEST, atomic_directory, check_hashes, file_hashes, read_manifest
 from qcompiler.config import CompileConfig
 from qcompiler.driver import Progress, QuantizedModel, quantize_model, weight_bytes
-from qcompiler.errors import ArtifactError, QcError
+from qcompiler.errors import QcError
 from qcompiler.model_io import boundary, integer_region
 from qcompiler.qmath import dequantize, quantize
 from qcompiler.report import build_report
@@ -76,11 +76,12 @@ class Artifact:
         shutil.copytree(source, staging / library, ignore=shutil.ignore_patterns("build"))
         return sorted(str(p.relative_to(staging)) for p in (staging / library).rglob("*") if p.is_file())
 
-    def module(self) -> Module:
-        """The compiled module, loaded from the build directory (before or without saving)."""
+    def module(self, emulate: bool = False) -> Module:
+        """The compiled module, loaded from the build directory (before or without saving); see :func:`load`."""
         target = get_target(self.config.target, **self.config.target_options)
-        manifest = {"inputs": boundary(self.quantized.int_model)[0], "outputs": boundary(self.quantized.int_model)[1]}
-        return Module(self.build_dir, manifest, target.load(self.build_dir, self.library_info))
+        inputs, outputs = boundary(self.quantized.int_model)
+        loader = target.load_emulated if emulate else target.load
+        return Module(self.build_dir, {"inputs": inputs, "outputs": outputs}, loader(self.build_dir, self.library_info))
 
 
 def compile(model, target: str | None = None, calibration=None, config: CompileConfig | None = None,
@@ -170,14 +171,18 @@ class Module:
         return onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def load(directory: str | Path) -> Module:
-    """Load an artifact directory written by :func:`compile` / ``qc compile`` for running on this machine."""
+def load(directory: str | Path, emulate: bool = False) -> Module:
+    """Load an artifact directory written by :func:`compile` / ``qc compile``.
+
+    By default the library runs on this machine (the target says clearly why it cannot, e.g. a Cortex-M
+    firmware image on x86). ``emulate=True`` runs an artifact for another machine under its emulator
+    (qemu-aarch64, qemu-system-arm), one emulated process per :meth:`Module.run`.
+    """
     directory = Path(directory)
     manifest = read_manifest(directory)
     check_hashes(directory, manifest)
     target_info = manifest["target"]
     options = {k: target_info[k] for k in get_target(target_info["name"]).option_names() if k in target_info}
     target = get_target(target_info["name"], **options)
-    if not target.runs_on_host:
-        raise ArtifactError(f"a {target.name} artifact cannot run on this machine")
-    return Module(directory, manifest, target.load(directory, manifest["library"]))
+    loader = target.load_emulated if emulate else target.load
+    return Module(directory, manifest, loader(directory, manifest["library"]))

@@ -62,6 +62,8 @@ def compile(
                                                  help="uint8 | int8")] = "uint8",
     input_shape: Annotated[list[str], typer.Option("--input-shape", help="name=d0,d1,... for dynamic inputs")] = [],  # noqa: B006
     target_option: Annotated[list[str], typer.Option("--target-option", help="key=value, e.g. mcpu=znver4")] = [],  # noqa: B006
+    ram_limit: Annotated[str | None, typer.Option("--ram-limit", help="MCU targets: max RAM (bytes, 512K, 2M)")] = None,
+    flash_limit: Annotated[str | None, typer.Option("--flash-limit", help="MCU targets: max flash (bytes, 2M)")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help=".npz with inputs and 'labels' for accuracy")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON config (same keys as CompileConfig)")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
@@ -73,7 +75,8 @@ def compile(
     settings = base.replace(
         target=target, calibration_method=calibration_method, percentile=percentile, activation_dtype=activation_type,
         input_shapes={**base.input_shapes, **_parse_shapes(input_shape)},
-        target_options={**base.target_options, **_parse_options(target_option)},
+        target_options={**base.target_options, **_parse_options(target_option),
+                        **{k: v for k, v in (("ram_limit", ram_limit), ("flash_limit", flash_limit)) if v is not None}},
     )
     if output.exists() and not force:
         raise QcError(f"output directory {output} already exists; pass --force to replace it")
@@ -113,6 +116,9 @@ def _print_summary(report: dict, output: Path) -> None:
     sizes = report["weight_bytes"]
     out.print(f"weights: {sizes['float']:,} bytes float -> {sizes['integer']:,} bytes integer "
               f"({sizes['float'] / max(sizes['integer'], 1):.2f}x smaller)")
+    memory = report.get("memory")
+    if memory:
+        out.print("memory: " + ", ".join(f"{k.removesuffix('_bytes')} {v:,} B" for k, v in memory.items()))
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings"].items())
     out.print(f"time: {timings}")
     accuracy = report.get("accuracy")

@@ -86,6 +86,11 @@ class Target:
         """Load what :meth:`compile` wrote to ``out_dir`` for execution on this host."""
         raise NotImplementedError(f"target {self.name!r} does not implement load()")
 
+    def load_emulated(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
+        """What :meth:`load` gives on the target machine, run here through an emulator (qemu)."""
+        raise TargetError(f"target {self.name!r} has no emulator: load it with qcompiler.load() on a machine "
+                          "that can run it")
+
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value

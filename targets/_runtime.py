@@ -10,7 +10,7 @@ import dataclasses
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -137,3 +137,21 @@ class CompiledModule:
                 + "\n  ".join(problems)
                 + f"\nexpected inputs: {', '.join(self.input_names)}"
             )
+
+
+class EmulatedModule(CompiledModule):
+    """A library for another machine, run through an emulator: same signature checks as CompiledModule.
+
+    ``run_fn(inputs)`` runs one emulated process on the (already checked) inputs and returns the outputs.
+    """
+
+    def __init__(self, library_info: Mapping, run_fn: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]):
+        # no VM in this process: the state is the signature and the emulator hook
+        self.inputs = [TensorSpec.from_json(d) for d in library_info["inputs"]]
+        self.outputs = [TensorSpec.from_json(d) for d in library_info["outputs"]]
+        self._run_fn = run_fn
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run ``main`` on ``inputs`` (by graph input name) under the emulator; outputs in graph order."""
+        self._check(inputs)
+        return self._run_fn(inputs)

@@ -27,7 +27,13 @@ import onnx
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets._base import Progress, Target, option
 from qcompiler.targets._build import _step
-from qcompiler.targets._runtime import CompiledModule, InputMismatchError, TensorSpec, region_signature
+from qcompiler.targets._runtime import (
+    CompiledModule,
+    EmulatedModule,
+    InputMismatchError,
+    TensorSpec,
+    region_signature,
+)
 from qcompiler.targets.cortex_m import _emit, _harness, _toolchain
 from qcompiler.targets.cortex_m._kernels import KernelSource, fuse, kernel_source
 from qcompiler.targets.cortex_m._plan import Plan, plan
@@ -284,8 +290,12 @@ class CortexMTarget(Target):
             f"a {self.name} artifact is C source and a firmware image for a microcontroller "
             f"({pathlib.Path(out_dir) / self.library_name}); it cannot be loaded on this host. Build it into "
             f"your firmware with its Makefile, or run it in QEMU: "
-            f"get_target({self.name!r}).run_emulated(out_dir, library_info, inputs)"
+            "qcompiler.load(artifact_dir, emulate=True)"
         )
+
+    def load_emulated(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
+        """The firmware image run in qemu-system-arm, one emulated boot per :meth:`~EmulatedModule.run`."""
+        return EmulatedModule(library_info, lambda inputs: self.run_emulated(out_dir, library_info, inputs))
 
     def run_emulated(
         self,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnxruntime
 import pytest
 
+import qcompiler
 from qcompiler.verify import integer_region_problems
 from tests.e2e.conftest import compile_light
 from tests.e2e.zoo import LIGHT_MODELS
 
 
-def assert_bit_exact(artifact, feeds: list[dict]) -> None:
+def assert_bit_exact(artifact, feeds: list[dict], emulate: bool = False) -> None:
     """Zero differing elements between the compiled module and onnxruntime on the integer region."""
-    module = artifact.module()
+    module = artifact.module(emulate=emulate)
     reference = onnxruntime.InferenceSession(artifact.quantized.region().SerializeToString(),
                                              providers=["CPUExecutionProvider"])
     for feed in feeds:
@@ -56,3 +59,16 @@ def test_light_models_bit_exact(name):
     rng = np.random.default_rng(1)
     feeds = [{value["name"]: rng.standard_normal(value["shape"]).astype(np.float32)} for _ in range(2)]
     assert_bit_exact(artifact, feeds)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs gcc-arm-none-eabi and qemu-system-arm")
+def test_tiny_cnn_cortex_m4_emulated_bit_exact(tiny_cnn_path, tiny_calibration, tmp_path):
+    """The same model for a microcontroller: saved, loaded with emulate=True, run in qemu, bit-exact."""
+    artifact = qcompiler.compile(tiny_cnn_path, target="cortex-m4", calibration=tiny_calibration,
+                                 input_shapes={"input": (1, 1, 16, 16)})
+    assert artifact.report["memory"]["flash_bytes"] < 2 * 1024 * 1024
+    assert_bit_exact(artifact, [{"input": tiny_calibration["input"][i:i + 1]} for i in range(2)], emulate=True)
+    saved = qcompiler.load(artifact.save(tmp_path / "m4"), emulate=True)
+    feed = {"input": tiny_calibration["input"][:1]}
+    np.testing.assert_array_equal(saved.run(feed)["probs"], artifact.module(emulate=True).run(feed)["probs"])
