@@ -1,7 +1,7 @@
 """qc's compilation targets: a registry of :class:`Target` s, each a capability table plus hooks.
 
 >>> available_targets()
-['cortex-m4', 'cortex-m55', 'cortex-m7', 'cuda', 'x86']
+['aarch64', 'cortex-m4', 'cortex-m55', 'cortex-m7', 'cuda', 'x86']
 
 Adding a target (aarch64, cortex-m, cuda) means a subpackage with a :class:`Target` subclass and one line in
 ``_REGISTRY``; nothing outside the subpackage branches on the target's name. This package is the only part of
@@ -30,6 +30,7 @@ __all__ = [
 #: target name -> "module:class"; imported on first use.
 _REGISTRY = {
     "x86": "qcompiler.targets.x86:X86Target",
+    "aarch64": "qcompiler.targets.aarch64:Aarch64Target",
     "cuda": "qcompiler.targets.cuda:CudaTarget",
     "cortex-m4": "qcompiler.targets.cortex_m:CortexM4Target",
     "cortex-m7": "qcompiler.targets.cortex_m:CortexM7Target",

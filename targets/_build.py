@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import onnx
@@ -27,7 +27,7 @@ _T = TypeVar("_T")
 _MESSAGE_LINES = 8
 
 
-def _step(target_name: str, step: str, progress: Progress | None, run: Callable[[], _T]) -> _T:
+def run_step(target_name: str, step: str, progress: Progress | None, run: Callable[[], _T]) -> _T:
     if progress is not None:
         progress(step)
     try:
@@ -47,19 +47,20 @@ def build_relax_library(
     tvm_target: tvm.target.Target,
     library: pathlib.Path,
     progress: Progress | None = None,
+    kernels: Mapping | None = None,
     **export_options: Any,
 ) -> dict[str, Any]:
-    """lower -> ``tvm.compile`` -> ``export_library(library, **export_options)``; return the library info.
+    """lower (with the target's ``kernels``) -> ``tvm.compile`` -> ``export_library``; return the library info.
 
     The info dict holds the library file name, the TVM target, build seconds, and the input/output signature
     that :class:`~qcompiler.targets.CompiledModule` checks calls against.
     """
     start = time.perf_counter()
-    inputs, outputs = _step(target_name, "signature", progress, lambda: region_signature(region))
-    module = _step(target_name, "lower", progress, lambda: lower(region))
-    executable = _step(target_name, "build", progress, lambda: tvm.compile(module, target=tvm_target))
+    inputs, outputs = run_step(target_name, "signature", progress, lambda: region_signature(region))
+    module = run_step(target_name, "lower", progress, lambda: lower(region, kernels))
+    executable = run_step(target_name, "build", progress, lambda: tvm.compile(module, target=tvm_target))
     library.parent.mkdir(parents=True, exist_ok=True)
-    _step(target_name, "export", progress, lambda: executable.export_library(str(library), **export_options))
+    run_step(target_name, "export", progress, lambda: executable.export_library(str(library), **export_options))
     return {
         "library": library.name,
         "tvm_target": str(tvm_target),

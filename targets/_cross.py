@@ -88,12 +88,20 @@ class Toolchain:
         if problems:
             raise TargetError(f"{self.arch}: missing tools: {'; '.join(problems)}")
 
-    def command(self, binary: pathlib.Path, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
-        """The command line running ``binary`` here, with ``env`` set inside the emulator if there is one."""
-        if not self.emulator:
-            return [str(binary), *args]
-        sets = [arg for key, value in env.items() for arg in ("-E", f"{key}={value}")]
-        return [*self.emulator, *sets, str(binary), *args]
+    def run(
+        self, binary: pathlib.Path, args: Sequence[str], timeout: float = RUN_TIMEOUT
+    ) -> subprocess.CompletedProcess:
+        """Run ``binary args`` here (under the emulator if any) with the runtime libraries on the loader path."""
+        library_path = {"LD_LIBRARY_PATH": ":".join(str(d) for d in self.runtime_dirs())}
+        if self.emulator:  # the emulated loader gets the variable with -E; qemu's own loader must not see it
+            sets = [arg for key, value in library_path.items() for arg in ("-E", f"{key}={value}")]
+            command, env = [*self.emulator, *sets, str(binary), *args], None
+        else:
+            command, env = [str(binary), *args], {**os.environ, **library_path}
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as err:
+            raise TargetError(f"{self.arch}: {binary.name} did not finish in {timeout:.0f} s") from err
 
 
 HOST_TOOLCHAIN = Toolchain(
@@ -106,7 +114,9 @@ def runner_sources() -> list[pathlib.Path]:
     sources = [REPO / "examples" / "cpp" / name for name in ("qc_runtime.h", "run_artifact.cc")]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
-        raise TargetError(f"the C++ runner sources are missing: {', '.join(missing)} (a source checkout is needed)")
+        raise TargetError(
+            f"the C++ runner sources are missing: {', '.join(missing)} (a source checkout is needed)"
+        )
     return sources
 
 
@@ -120,12 +130,23 @@ def build_runner(toolchain: Toolchain, cache: pathlib.Path | None = None) -> pat
     header, source = runner_sources()
     lib_dirs = [str(d) for d in toolchain.runtime_dirs()]
     flags = ["-std=c++17", "-O2", f"-I{ffi_include_dir()}", f"-I{header.parent}"]
-    links = [f"-L{d}" for d in lib_dirs] + ["-ltvm_ffi", "-Wl,--no-as-needed", "-ltvm_runtime", "-Wl,--as-needed"]
+    links = [f"-L{d}" for d in lib_dirs] + [
+        "-ltvm_ffi",
+        "-Wl,--no-as-needed",
+        "-ltvm_runtime",
+        "-Wl,--as-needed",
+    ]
     links += [f"-Wl,-rpath,{':'.join(lib_dirs)}", f"-Wl,-rpath-link,{':'.join(lib_dirs)}"]
     digest = hashlib.sha256()
-    for part in (header.read_bytes(), source.read_bytes(), json.dumps([toolchain.cxx, flags, links]).encode()):
+    for part in (
+        header.read_bytes(),
+        source.read_bytes(),
+        json.dumps([toolchain.cxx, flags, links]).encode(),
+    ):
         digest.update(part)
-    binary = (cache or cache_dir()) / "runner" / f"{toolchain.arch}-{digest.hexdigest()[:12]}" / "run_artifact"
+    binary = (
+        (cache or cache_dir()) / "runner" / f"{toolchain.arch}-{digest.hexdigest()[:12]}" / "run_artifact"
+    )
     if binary.is_file():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +172,6 @@ def run_library(
     outputs, read back with the recorded output dtypes and shapes.
     """
     runner = build_runner(toolchain)
-    runtime = toolchain.runtime_dirs()
     outputs = [TensorSpec.from_json(d) for d in library_info["outputs"]]
     with tempfile.TemporaryDirectory(prefix="qc-run-") as scratch:
         work = pathlib.Path(scratch)
@@ -162,14 +182,7 @@ def run_library(
             files.append(str(work / f"in_{i}.bin"))
             pathlib.Path(files[-1]).write_bytes(np.ascontiguousarray(value).tobytes())
         (work / "out").mkdir()
-        env = {"LD_LIBRARY_PATH": ":".join(str(d) for d in runtime)}
-        command = toolchain.command(runner, [str(work), *files, "--out", str(work / "out")], env)
-        try:
-            # natively the loader reads LD_LIBRARY_PATH from the environment; an emulator gets it with -E
-            native_env = None if toolchain.emulator else {**os.environ, **env}
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=native_env)
-        except subprocess.TimeoutExpired as err:
-            raise TargetError(f"{toolchain.arch}: the runner did not finish in {timeout:.0f} s") from err
+        result = toolchain.run(runner, [str(work), *files, "--out", str(work / "out")], timeout)
         if result.returncode != 0:
             raise TargetError(
                 f"{toolchain.arch}: running {library.name} failed (exit {result.returncode}):\n"

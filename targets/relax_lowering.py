@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -559,9 +559,9 @@ def _identifier(name: str) -> str:
     return re.sub(r"\W", "_", name) or "_"
 
 
-def _convert(node: _Node) -> list[relax.Expr]:
+def _convert(node: _Node, converters: Mapping) -> list[relax.Expr]:
     try:
-        results = CONVERTERS[_key(node.proto)](node)
+        results = converters[_key(node.proto)](node)
         results = list(results) if isinstance(results, Sequence) else [results]
         return [
             node.bb.emit(r, _identifier(name)) for r, name in zip(results, node.proto.output, strict=True)
@@ -572,12 +572,18 @@ def _convert(node: _Node) -> list[relax.Expr]:
         raise node.fail(f"cannot lower to Relax: {type(err).__name__}: {err}") from err
 
 
-def lower(region: onnx.ModelProto) -> tvm.IRModule:
+def lower(region: onnx.ModelProto, kernels: Mapping | None = None) -> tvm.IRModule:
     """Build the Relax module ``main(*graph inputs) -> output | (outputs...)`` for an integer region.
 
+    ``kernels`` maps ``(domain, op_type)`` to a target's own converter (e.g. sdot kernels), replacing the
+    generic one; it may only replace ops :data:`CONVERTERS` supports, so the op set is the same everywhere.
     Raises :class:`TargetError` listing every unsupported node at once, or naming the node that a converter
     (or TVM's type inference) rejects.
     """
+    unknown = sorted(set(kernels or {}) - set(CONVERTERS))
+    if unknown:
+        raise TargetError(f"kernel overrides for ops the lowering does not support: {unknown}")
+    converters = {**CONVERTERS, **(kernels or {})}
     graph = region.graph
     _check_supported(graph)
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
@@ -588,7 +594,7 @@ def lower(region: onnx.ModelProto) -> tvm.IRModule:
         with bb.dataflow():
             for proto in graph.node:
                 node = _Node(proto, bb, env, consts)
-                env.update(zip(proto.output, _convert(node), strict=True))
+                env.update(zip(proto.output, _convert(node, converters), strict=True))
             outputs = [env[v.name] if v.name in env else _const(consts[v.name]) for v in graph.output]
             result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
         bb.emit_func_output(result)

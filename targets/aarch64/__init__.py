@@ -12,7 +12,7 @@ import dataclasses
 import pathlib
 import platform
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -21,16 +21,15 @@ from tvm.target import codegen
 
 from qcompiler.errors import ArtifactError, TargetError
 from qcompiler.targets._base import Progress, Target, option
+from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._cross import Toolchain, require_tool, run_library
-from qcompiler.targets._runtime import CompiledModule, TensorSpec
+from qcompiler.targets._runtime import CompiledModule, EmulatedModule
 from qcompiler.targets.aarch64._kernels import SDOT_KERNELS
-from qcompiler.targets.aarch64._lowering import build_library
 from qcompiler.targets.aarch64._runtime_libs import ensure_aarch64_runtime
 
 __all__ = [
     "AARCH64_TOOLCHAIN",
     "Aarch64Target",
-    "EmulatedModule",
     "emulation_problems",
     "ensure_aarch64_runtime",
     "load_emulated",
@@ -43,7 +42,15 @@ _CROSS_CXX = "aarch64-linux-gnu-g++"
 _CROSS_FIX = "apt-get install g++-aarch64-linux-gnu"
 
 #: CPU names suggested when ``mcpu`` is refused.
-_EXAMPLE_CPUS = ("cortex-a53", "cortex-a55", "cortex-a76", "cortex-a78", "neoverse-n1", "neoverse-v1", "apple-m1")
+_EXAMPLE_CPUS = (
+    "cortex-a53",
+    "cortex-a55",
+    "cortex-a76",
+    "cortex-a78",
+    "neoverse-n1",
+    "neoverse-v1",
+    "apple-m1",
+)
 
 #: LLVM feature -> dot-product capability name, best first.
 _DOT_PRODUCTS = (("dotprod", "sdot"),)
@@ -82,7 +89,9 @@ class Aarch64Target(Target):
 
     def __post_init__(self) -> None:
         if isinstance(self.features, str) or not all(isinstance(f, str) for f in self.features):
-            raise TargetError(f"aarch64: features must be a sequence of strings like '+dotprod', got {self.features!r}")
+            raise TargetError(
+                f"aarch64: features must be a sequence of strings like '+dotprod', got {self.features!r}"
+            )
         object.__setattr__(self, "features", tuple(self.features))
         if self.mcpu in ("", "generic", "native") or not codegen.llvm_is_valid_cpu(self.mcpu, self.triple):
             raise TargetError(
@@ -117,9 +126,14 @@ class Aarch64Target(Target):
     ) -> dict:
         """Lower (with the sdot kernels when available), cross-compile and export ``out_dir / model.so``."""
         cxx = require_tool(_CROSS_CXX, f"the aarch64 cross compiler exports the library: {_CROSS_FIX}")
-        return build_library(
-            self.name, region, self.tvm_target(), pathlib.Path(out_dir) / self.library_name, self.kernels(),
-            progress, cc=cxx,
+        return build_relax_library(
+            self.name,
+            region,
+            self.tvm_target(),
+            pathlib.Path(out_dir) / self.library_name,
+            progress,
+            kernels=self.kernels(),
+            cc=cxx,
         )
 
     def load(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
@@ -128,33 +142,17 @@ class Aarch64Target(Target):
             raise TargetError(
                 f"{pathlib.Path(out_dir) / library_info['library']} is an aarch64 library and this host is "
                 f"{platform.machine()}: run it on an aarch64 machine (qc or examples/cpp/run_artifact), or "
-                "emulate it here with qcompiler.targets.aarch64.run_emulated(out_dir, library_info, inputs) "
-                "or load_emulated(out_dir, library_info) (needs qemu-user and the aarch64 cross compiler)"
+                "emulate it here with qcompiler.load(artifact_dir, emulate=True) or "
+                "qcompiler.targets.aarch64.run_emulated(out_dir, library_info, inputs) (needs qemu-user and the "
+                "aarch64 cross compiler)"
             )
-        return CompiledModule.from_library(pathlib.Path(out_dir) / library_info["library"], tvm.cpu(), library_info)
+        return CompiledModule.from_library(
+            pathlib.Path(out_dir) / library_info["library"], tvm.cpu(), library_info
+        )
 
-
-class EmulatedModule(CompiledModule):
-    """An aarch64 library run under qemu-aarch64 by the C++ runner; same signature checks as CompiledModule.
-
-    Each :meth:`run` starts one emulated process (inputs and outputs go through files).
-    """
-
-    def __init__(self, library: pathlib.Path, library_info: Mapping, toolchain: Toolchain = AARCH64_TOOLCHAIN):
-        # no VM in this process: CompiledModule's state is only the signature
-        self.inputs = [TensorSpec.from_json(d) for d in library_info["inputs"]]
-        self.outputs = [TensorSpec.from_json(d) for d in library_info["outputs"]]
-        self._library = library
-        self._info = dict(library_info)
-        self._toolchain = toolchain
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run ``main`` on ``inputs`` (by graph input name) under the emulator; outputs in graph order."""
-        self._check(inputs)
-        return run_library(self._toolchain, self._library, self._info, self._ordered(inputs))
-
-    def _ordered(self, inputs: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
-        return [np.asarray(inputs[s.name]) for s in self.inputs]
+    def load_emulated(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
+        """What :meth:`load` gives on an aarch64 host, here through qemu-aarch64 (see :func:`load_emulated`)."""
+        return load_emulated(out_dir, library_info)
 
 
 def emulation_problems() -> list[str]:
@@ -182,7 +180,12 @@ def load_emulated(out_dir: pathlib.Path | str, library_info: Mapping) -> Emulate
     if problems:
         raise TargetError("cannot emulate aarch64 here:\n  " + "\n  ".join(problems))
     ensure_aarch64_runtime()
-    return EmulatedModule(library, library_info)
+    info = dict(library_info)
+    names = [spec["name"] for spec in info["inputs"]]
+    return EmulatedModule(
+        info,
+        lambda inputs: run_library(AARCH64_TOOLCHAIN, library, info, [np.asarray(inputs[n]) for n in names]),
+    )
 
 
 def run_emulated(

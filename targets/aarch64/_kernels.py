@@ -25,15 +25,55 @@ from collections.abc import Callable
 
 import numpy as np
 import tvm
-import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401  (registers dot_4x4_i8i8s32_sdot)
 from tvm import relax, te
-from tvm.s_tir import Schedule
+from tvm.s_tir import Schedule, TensorIntrin
+from tvm.script import tirx as T
 
 from qcompiler.targets import relax_lowering
 
 __all__ = ["SDOT_INTRINSIC", "SDOT_KERNELS", "pack_weight", "sdot_conv2d_func", "sdot_matmul_func"]
 
-SDOT_INTRINSIC = "dot_4x4_i8i8s32_sdot"
+#: our registration of TVM's ``dot_4x4_i8i8s32_sdot`` (same description and implementation). Importing
+#: ``tvm.s_tir.tensor_intrin.arm_cpu`` to get TVM's would cost about 90 s: it builds every SME intrinsic.
+SDOT_INTRINSIC = "qc_dot_4x4_i8i8s32_sdot"
+
+
+@T.prim_func(s_tir=True)
+def _sdot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    """``C[i] += sum_k int32(A[k]) * int32(B[i, k])`` for a 4-vector A and a 4x4 tile B."""
+    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        for i, k in T.grid(4, 4):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    """One ``sdot v.4s, b.16b, a.4b[0]``: A's 4 bytes broadcast to each 4-lane group of the 16-byte tile."""
+    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        a_word = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+        a_vec = T.reinterpret(T.broadcast(a_word, 4), dtype="int8x16")
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"),
+            a_vec,
+            B.vload([0, 0], dtype="int8x16"),
+            dtype="int32x4",
+        )
+
+
+TensorIntrin.register(SDOT_INTRINSIC, _sdot_desc, _sdot_impl, override=True)
 
 R = relax.op
 
@@ -85,7 +125,9 @@ def _gemm(a_s8: te.Tensor, k: int, n: int) -> tuple[te.Tensor, te.Tensor]:
     r = te.reduce_axis((0, kp), name="k")
     c = te.compute(
         (rows, np_),
-        lambda i, j: te.sum(a_s8[i, r].astype("int32") * w[j // 4, r // 4, j % 4, r % 4].astype("int32"), axis=r),
+        lambda i, j: te.sum(
+            a_s8[i, r].astype("int32") * w[j // 4, r // 4, j % 4, r % 4].astype("int32"), axis=r
+        ),
         name="C",
     )
     return w, c
@@ -114,7 +156,9 @@ def sdot_matmul_func(m: int, k: int, n: int, a_dtype: str, name: str) -> tvm.tir
     kp = _round4(k)
     a_s8 = te.compute(
         (m, kp),
-        lambda i, r: te.if_then_else(r < k, _to_int8(a[i, tvm.te.min(r, k - 1)], a_dtype), tvm.tirx.const(0, "int8")),
+        lambda i, r: te.if_then_else(
+            r < k, _to_int8(a[i, tvm.te.min(r, k - 1)], a_dtype), tvm.tirx.const(0, "int8")
+        ),
         name="a_s8",
     )
     w, c = _gemm(a_s8, k, n)
@@ -156,16 +200,16 @@ def sdot_conv2d_func(
         col = z * strides[1] - pads[1] + dx * dilations[1]
         inside = tvm.tirx.all(row >= 0, row < h, col >= 0, col < wd)
         clamp = tvm.te.min(tvm.te.max(row, 0), h - 1), tvm.te.min(tvm.te.max(col, 0), wd - 1)
-        value = te.if_then_else(inside, x[b, tvm.te.min(c, channels - 1), clamp[0], clamp[1]], tvm.tirx.const(0, a_dtype))
+        value = te.if_then_else(
+            inside, x[b, tvm.te.min(c, channels - 1), clamp[0], clamp[1]], tvm.tirx.const(0, a_dtype)
+        )
         return te.if_then_else(r < k, _to_int8(value, a_dtype), tvm.tirx.const(0, "int8"))
 
     rows = batch * oh * ow
     a_s8 = te.compute((rows, _round4(k)), gather, name="a_s8")
     w, c = _gemm(a_s8, k, o)
     corr = te.placeholder((o,), "int32", name="corr")
-    out = te.compute(
-        (batch, o, oh, ow), lambda b, j, y, z: c[(b * oh + y) * ow + z, j] + corr[j], name="out"
-    )
+    out = te.compute((batch, o, oh, ow), lambda b, j, y, z: c[(b * oh + y) * ow + z, j] + corr[j], name="out")
     return _schedule(te.create_prim_func([x, w, corr, out]), rows, _round4(o), name)
 
 
@@ -188,7 +232,9 @@ def _fits(n: relax_lowering._Node) -> bool:
     )
 
 
-def _call(n: relax_lowering._Node, func: tvm.tirx.PrimFunc, name: str, args: list, shape: list[int]) -> relax.Expr:
+def _call(
+    n: relax_lowering._Node, func: tvm.tirx.PrimFunc, name: str, args: list, shape: list[int]
+) -> relax.Expr:
     gv = n.bb.add_func(func, name)
     return n.emit(relax.call_tir(gv, args, relax.TensorType(shape, "int32")))
 
@@ -203,8 +249,13 @@ def _matmul(n: relax_lowering._Node) -> relax.Expr:
     name = f"qc_sdot_matmul_{a_dtype}_{rows}x{k}x{cols}"
     func = sdot_matmul_func(rows, k, cols, a_dtype, name)
     flat = a if len(lead) == 1 else n.emit(R.reshape(a, [rows, k]))
-    out = _call(n, func, name, [flat, relax_lowering._const(pack_weight(w)),
-                                relax_lowering._const(_correction(w, a_dtype))], [rows, cols])
+    out = _call(
+        n,
+        func,
+        name,
+        [flat, relax_lowering._const(pack_weight(w)), relax_lowering._const(_correction(w, a_dtype))],
+        [rows, cols],
+    )
     return out if len(lead) == 1 else R.reshape(out, [*lead, cols])
 
 
@@ -213,7 +264,9 @@ def _conv(n: relax_lowering._Node) -> relax.Expr:
     if not _fits(n) or n.const(1).ndim != 4 or n.attr("group", 1) != 1 or len(n.shape(0)) != 4:
         return _GENERIC[("", "ConvInteger")](n)
     window = relax_lowering._window(n, 2)
-    strides, pads, dilations = (tuple(int(v) for v in window[key]) for key in ("strides", "padding", "dilation"))
+    strides, pads, dilations = (
+        tuple(int(v) for v in window[key]) for key in ("strides", "padding", "dilation")
+    )
     x_shape, w = tuple(n.shape(0)), n.const(1)
     a_dtype = _dtype(n.arg(0))
     oh, ow = _conv_geometry(x_shape, w.shape, strides, pads, dilations)
@@ -221,9 +274,17 @@ def _conv(n: relax_lowering._Node) -> relax.Expr:
     name = f"qc_sdot_conv2d_{a_dtype}_{tag}"
     func = sdot_conv2d_func(x_shape, w.shape, strides, pads, dilations, a_dtype, name)
     matrix = w.reshape(w.shape[0], -1).T  # [C*KH*KW, O], k = (c, kh, kw) as the im2col gather orders it
-    return _call(n, func, name, [n.arg(0), relax_lowering._const(pack_weight(matrix)),
-                                 relax_lowering._const(_correction(matrix, a_dtype))],
-                 [x_shape[0], w.shape[0], oh, ow])
+    return _call(
+        n,
+        func,
+        name,
+        [
+            n.arg(0),
+            relax_lowering._const(pack_weight(matrix)),
+            relax_lowering._const(_correction(matrix, a_dtype)),
+        ],
+        [x_shape[0], w.shape[0], oh, ow],
+    )
 
 
 #: converter overrides for targets whose ``dot_product`` is "sdot".

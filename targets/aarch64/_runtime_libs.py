@@ -32,8 +32,21 @@ def _pins() -> list[str]:
 def download_command(dest: pathlib.Path) -> list[str]:
     """The ``pip download`` of the aarch64 wheels matching the installed versions."""
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", PLATFORM,
-            "--python-version", python, *_pins(), "-d", str(dest)]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        PLATFORM,
+        "--python-version",
+        python,
+        *_pins(),
+        "-d",
+        str(dest),
+    ]
 
 
 def ensure_aarch64_runtime(cache: pathlib.Path | None = None) -> pathlib.Path:

@@ -26,7 +26,7 @@ import onnx
 
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets._base import Progress, Target, option
-from qcompiler.targets._build import _step
+from qcompiler.targets._build import run_step
 from qcompiler.targets._runtime import (
     CompiledModule,
     EmulatedModule,
@@ -168,11 +168,11 @@ class CortexMTarget(Target):
         """
         start = time.perf_counter()
         directory = pathlib.Path(out_dir) / self.library_name
-        inputs, outputs = _step(self.name, "signature", progress, lambda: region_signature(region))
-        module = _step(self.name, "lower", progress, lambda: lower(region))
-        module = _step(self.name, "fuse", progress, lambda: fuse(module))
-        kernels = _step(self.name, "codegen", progress, lambda: kernel_source(module, self.arg_checks))
-        graph = _step(self.name, "plan", progress, lambda: plan(module["main"], kernels.workspace))
+        inputs, outputs = run_step(self.name, "signature", progress, lambda: region_signature(region))
+        module = run_step(self.name, "lower", progress, lambda: lower(region))
+        module = run_step(self.name, "fuse", progress, lambda: fuse(module))
+        kernels = run_step(self.name, "codegen", progress, lambda: kernel_source(module, self.arg_checks))
+        graph = run_step(self.name, "plan", progress, lambda: plan(module["main"], kernels.workspace))
         if progress is not None:
             progress("emit")
         self._write_tree(directory, inputs, outputs, graph, kernels)

@@ -24,7 +24,7 @@ import tvm
 
 from qcompiler.errors import TargetError
 from qcompiler.targets._base import Progress, Target, option
-from qcompiler.targets._build import _step
+from qcompiler.targets._build import run_step
 from qcompiler.targets._runtime import CompiledModule, region_signature
 from qcompiler.targets.cuda import check
 from qcompiler.targets.cuda._pipeline import build_pipeline, schedule, unscheduled_kernels
@@ -107,11 +107,11 @@ class CudaTarget(Target):
         start = time.perf_counter()
         out_dir = pathlib.Path(out_dir)
         target = self.tvm_target()
-        inputs, outputs = _step(self.name, "signature", progress, lambda: region_signature(region))
-        module = _step(self.name, "lower", progress, lambda: lower(region))
-        module, declined = _step(self.name, "schedule", progress, lambda: schedule(module, target))
+        inputs, outputs = run_step(self.name, "signature", progress, lambda: region_signature(region))
+        module = run_step(self.name, "lower", progress, lambda: lower(region))
+        module, declined = run_step(self.name, "schedule", progress, lambda: schedule(module, target))
         _require_scheduled(module)
-        executable = _step(
+        executable = run_step(
             self.name,
             "build",
             progress,
@@ -127,7 +127,7 @@ class CudaTarget(Target):
             (out_dir / check.PTX_NAME).write_text(ptx)
             files.append(check.PTX_NAME)
         library = out_dir / self.library_name
-        _step(self.name, "export", progress, lambda: executable.export_library(str(library)))
+        run_step(self.name, "export", progress, lambda: executable.export_library(str(library)))
         return {
             "library": library.name,
             "tvm_target": str(target),

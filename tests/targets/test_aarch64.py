@@ -22,14 +22,6 @@ _PROBLEMS = emulation_problems()
 needs_emulation = pytest.mark.skipif(bool(_PROBLEMS), reason="; ".join(_PROBLEMS) or "ok")
 
 
-@pytest.fixture(autouse=True)
-def _registered(monkeypatch):
-    """Until qcompiler.targets._REGISTRY lists aarch64 itself (see the aarch64 report)."""
-    from qcompiler import targets
-
-    monkeypatch.setitem(targets._REGISTRY, "aarch64", "qcompiler.targets.aarch64:Aarch64Target")
-
-
 @pytest.fixture(scope="module")
 def runtime():
     try:
@@ -40,8 +32,9 @@ def runtime():
 
 def sdot_count(library) -> int:
     """``sdot`` instructions in the disassembly of an exported aarch64 library."""
-    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(library)], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(library)], capture_output=True, text=True, check=True
+    ).stdout
     return len(re.findall(r"\tsdot\t", text))
 
 
@@ -86,8 +79,11 @@ def test_tvm_target_names_triple_cpu_and_features():
 
 @pytest.mark.parametrize(
     ("options", "dot_product"),
-    [({}, "sdot"), ({"mcpu": "cortex-a53", "features": ("+neon",)}, None),
-     ({"mcpu": "cortex-a53", "features": ("+neon", "+dotprod")}, "sdot")],
+    [
+        ({}, "sdot"),
+        ({"mcpu": "cortex-a53", "features": ("+neon",)}, None),
+        ({"mcpu": "cortex-a53", "features": ("+neon", "+dotprod")}, "sdot"),
+    ],
 )
 def test_dot_product_follows_cpu_and_features(options, dot_product):
     target = get_target("aarch64", **options)
@@ -97,12 +93,14 @@ def test_dot_product_follows_cpu_and_features(options, dot_product):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"mcpu": "znver4"}, r"mcpu='znver4' is not a CPU name .* e\.g\. cortex-a53"),
-     ({"mcpu": "native"}, "mcpu='native'"),
-     ({"features": ("+bogus",)}, r"does not know the feature\(s\) \['\+bogus'\]"),
-     ({"features": ("neon",)}, "must look like '\\+name'"),
-     ({"features": "+neon"}, "sequence of strings"),
-     ({"opt_level": 3}, r"no option\(s\) opt_level; valid options: mcpu, features")],
+    [
+        ({"mcpu": "znver4"}, r"mcpu='znver4' is not a CPU name .* e\.g\. cortex-a53"),
+        ({"mcpu": "native"}, "mcpu='native'"),
+        ({"features": ("+bogus",)}, r"does not know the feature\(s\) \['\+bogus'\]"),
+        ({"features": ("neon",)}, "must look like '\\+name'"),
+        ({"features": "+neon"}, "sequence of strings"),
+        ({"opt_level": 3}, r"no option\(s\) opt_level; valid options: mcpu, features"),
+    ],
 )
 def test_bad_options_are_refused(options, message):
     with pytest.raises(TargetError, match=message):
@@ -121,7 +119,7 @@ def test_pack_weight_tiles_are_4x4_blocks_of_the_transposed_weight():
 
 
 def test_load_on_this_host_points_to_emulation(tmp_path):
-    with pytest.raises(TargetError, match=r"aarch64 library and this host is .*run_emulated"):
+    with pytest.raises(TargetError, match=r"aarch64 library and this host is .*emulate=True.*run_emulated"):
         get_target("aarch64").load(tmp_path, {"library": "model.so", "inputs": [], "outputs": []})
 
 
@@ -210,16 +208,20 @@ def test_without_dotprod_there_is_no_sdot_and_results_match(tmp_path, runtime):
 @needs_emulation
 def test_tiny_cnn_is_bit_exact_under_qemu(tmp_path, runtime):
     import qcompiler
-    from qcompiler.api import Module
     from tests.e2e.zoo import build_tiny_cnn
 
     calibration = {"input": np.random.default_rng(0).standard_normal((32, 1, 16, 16)).astype(np.float32)}
-    artifact = qcompiler.compile(build_tiny_cnn(tmp_path / "tiny.onnx"), target="aarch64",
-                                 calibration=calibration, input_shapes={"input": (1, 1, 16, 16)})
+    artifact = qcompiler.compile(
+        build_tiny_cnn(tmp_path / "tiny.onnx"),
+        target="aarch64",
+        calibration=calibration,
+        input_shapes={"input": (1, 1, 16, 16)},
+    )
     directory = artifact.save(tmp_path / "artifact")
-    manifest = json.loads((directory / "manifest.json").read_text())
     assert sdot_count(directory / "model.so") > 0
-    module = Module(directory, manifest, load_emulated(directory, manifest["library"]))
+    with pytest.raises(TargetError, match="emulate=True"):
+        qcompiler.load(directory)
+    module = qcompiler.load(directory, emulate=True)
     reference = module.reference_session()
     feeds = [{"input": calibration["input"][:1]}, {"input": np.full((1, 1, 16, 16), 1e6, np.float32)}]
     for feed in feeds:

@@ -83,7 +83,7 @@ def test_bad_options_are_refused(options, message):
 
 
 def test_load_refuses_and_points_at_the_emulator(tmp_path):
-    with pytest.raises(QcError, match=r"microcontroller.*cannot be loaded on this host.*run_emulated"):
+    with pytest.raises(QcError, match=r"microcontroller.*cannot be loaded on this host.*emulate=True"):
         get_target("cortex-m4").load(tmp_path, {})
 
 
@@ -259,7 +259,7 @@ def test_python_api_compiles_for_the_mcu_and_refuses_to_load(tiny_path):
     info = artifact.library_info
     assert artifact.target_info["name"] == "cortex-m4" and info["measured"] and info["ram_bytes"] > 0
     assert (artifact.build_dir / info["elf"]).is_file()
-    with pytest.raises(QcError, match="run_emulated"):
+    with pytest.raises(QcError, match="emulate=True"):
         artifact.module()
 
 
