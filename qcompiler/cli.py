@@ -185,8 +185,18 @@ def targets() -> None:
     """List the compilation targets and their capability tables."""
     from qcompiler.targets import available_targets, get_target
 
+    table = Table(title="qc targets (capability tables)")
+    for column in ("target", "triple", "int widths", "dot product", "cheap int64 mul", "mantissa bits",
+                   "runs here", "options (defaults)"):
+        table.add_column(column)
     for name in available_targets():
-        out.print(name, get_target(name).describe())
+        target = get_target(name)
+        caps = target.describe()
+        options = ", ".join(f"{k}={caps[k]}" for k in target.option_names())
+        table.add_row(name, caps["triple"], ",".join(map(str, caps["native_int_widths"])), str(caps["dot_product"]),
+                      str(caps["cheap_int64_multiply"]), str(caps["requant_mantissa_bits"]),
+                      str(caps["runs_on_host"]), options)
+    out.print(table)
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ CASES = {
     "nan_weights": compile_case("nan_weights.onnx", "--calib", "calib.npz", *SHAPE,
                                 expect=("weights hold NaN or Inf", f"{NAN_INITIALIZER} (1 non-finite of")),
     "unknown_target": compile_case("tiny.onnx", "--calib", "calib.npz", *SHAPE, "--target", "arm",
-                                   expect=("unknown target 'arm'", "available targets: x86")),
+                                   expect=("unknown target 'arm'", "available targets: aarch64, cortex-m4")),
     "unknown_method": compile_case("tiny.onnx", "--calib", "calib.npz", *SHAPE, "--calibration-method", "kl",
                                    expect=("calibration_method 'kl' is not one of minmax, percentile, entropy, mse",)),
     "bad_input_shape": compile_case("tiny.onnx", "--calib", "calib.npz", "--input-shape", "input=1,x",
@@ -290,5 +290,6 @@ def test_help_lists_the_commands(results):
 def test_targets_lists_x86(results):
     done = results["targets"]
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith("x86")
-    assert "'requant_mantissa_bits': 31" in done.stdout
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 3}
+    assert {"x86", "aarch64", "cortex-m4", "cuda"} <= set(rows)
+    assert "avx512-vnni" in rows["x86"] or "None" in rows["x86"]
