@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.ir import attr, const_array, constant
+from qcompiler.ir import constant
 from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._channel_affine import ChannelAffine, match_channel_affine
 
@@ -15,9 +15,7 @@ class ChannelAffineToConvPass(QcPass):
 
     Run after :class:`FoldChannelAffinePass`, so only affine ops without a foldable producer remain (for
     example input normalization). The Conv has ``group = C``, weight ``k`` of shape [C,1,1,1] and bias ``a``;
-    quantizing it then gives per-channel integer scaling. A BatchNormalization that did not fold into a
-    Conv (pre-activation blocks) is rewritten the same way with ``k = scale / sqrt(var + eps)`` and
-    ``a = B - mean * k``. Does not fire on activations of rank other than 4.
+    quantizing it then gives per-channel integer scaling. Does not fire on activations of rank other than 4.
     """
 
     def call(self, model: ir.Model) -> PassResult:
@@ -25,7 +23,7 @@ class ChannelAffineToConvPass(QcPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            match = _batchnorm_affine(node) if node.op_type == "BatchNormalization" else match_channel_affine(node, 1)
+            match = match_channel_affine(node, 1)
             if not isinstance(match, ChannelAffine) or match.activation.shape is None or len(match.activation.shape) != 4:
                 continue
             channels = len(match.scale)
@@ -42,12 +40,3 @@ class ChannelAffineToConvPass(QcPass):
             modified = True
         return PassResult(model, modified)
 
-
-def _batchnorm_affine(node: ir.Node) -> ChannelAffine | str:
-    """An inference BatchNormalization as a per-channel affine op."""
-    params = [const_array(v) for v in node.inputs[1:5]]
-    if any(p is None for p in params) or any(out.consumers() or out.is_graph_output() for out in node.outputs[1:]):
-        return "BatchNormalization with non-constant parameters or training outputs"
-    scale, shift, mean, var = (p.astype(np.float64) for p in params)
-    k = scale / np.sqrt(var + attr(node, "epsilon", 1e-5))
-    return ChannelAffine(node, node.inputs[0], k, shift - mean * k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qcompiler.pass_infra import Pipeline
+from qcompiler.passes.batchnorm_to_affine import BatchNormToAffinePass
 from qcompiler.passes.channel_affine_to_conv import ChannelAffineToConvPass
 from qcompiler.passes.finalize_integer_model import FinalizeIntegerModelPass
 from qcompiler.passes.fold_batchnorm import FoldBatchNormPass
@@ -41,6 +42,7 @@ def normalize_pipeline(input_shapes: dict[str, tuple[int, ...]]) -> Pipeline:
             RemoveIdentityOpsPass(),  # Identity, inference Dropout
             GemmToMatMulPass(),  # one matmul form for quantization: MatMul(x, W[K,N]) + bias
             FoldBatchNormPass(),  # Conv + BN -> Conv
+            BatchNormToAffinePass(),  # the other BNs (after Gemm, pre-activation) -> per-channel Mul + Add
             FoldChannelAffinePass(),  # Conv/MatMul + per-channel Mul/Add by constants -> Conv/MatMul
             ChannelAffineToConvPass(),  # remaining per-channel affine ops -> depthwise 1x1 Conv
             RemoveUnusedPass(),  # weights replaced by the folds above
