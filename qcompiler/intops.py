@@ -30,6 +30,7 @@ STANDARD_INTEGER_OPS = frozenset(
     {
         "ConvInteger",  # u8/i8 x (pre-padded, no zero point), i8 w -> i32
         "MatMulInteger",  # u8/i8 x, i8 w -> i32
+        "MatMul",  # int32 x int32 -> int32 (centered activation x activation products)
         "Add", "Sub", "Mul", "Div", "Mod", "Pow", "Neg", "Abs", "Sign",
         "Cast", "Clip", "Max", "Min", "Where", "Equal", "Less", "Greater", "Not", "And", "Or",
         "MaxPool", "ReduceSum", "ReduceMax", "ReduceMin",

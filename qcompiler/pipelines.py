@@ -12,6 +12,7 @@ from qcompiler.passes.fold_constants import FoldConstantsPass
 from qcompiler.passes.gemm_to_matmul import GemmToMatMulPass
 from qcompiler.passes.initializers_as_constants import InitializersAsConstantsPass
 from qcompiler.passes.insert_qdq import InsertQDQPass
+from qcompiler.passes.integerize_activation_matmul import IntegerizeActivationMatMulPass
 from qcompiler.passes.integerize_add import IntegerizeAddPass
 from qcompiler.passes.integerize_concat import IntegerizeConcatPass
 from qcompiler.passes.integerize_conv import IntegerizeConvPass
@@ -72,6 +73,7 @@ def integerize_pipeline(mantissa_bits: int) -> Pipeline:
             IntegerizeLookupTablePass(),  # elementwise functions, including x*sigmoid(x)
             IntegerizeConvPass(mantissa_bits),
             IntegerizeMatMulPass(mantissa_bits),
+            IntegerizeActivationMatMulPass(mantissa_bits),  # Q·Kᵀ, A·V
             IntegerizeAddPass(mantissa_bits),
             IntegerizeMulPass(mantissa_bits),
             IntegerizePoolingPass(mantissa_bits),

@@ -135,8 +135,6 @@ def unsupported_nodes(graph: ir.Graph) -> list[tuple[str, str, str]]:
             problems.append((f"{node.domain}.{node.op_type}", node.name or "", "custom-domain ops are not supported"))
         elif node.op_type not in SUPPORTED_FLOAT_OPS:
             problems.append((node.op_type, node.name or "", "no integer form in qc yet"))
-        elif node.op_type in ("MatMul",) and const_array(node.inputs[1]) is None:
-            problems.append((node.op_type, node.name or "", "MatMul of two activations is not supported yet"))
         elif node.op_type == "Softmax" and not _softmax_on_last_axis(node):
             problems.append((node.op_type, node.name or "", "integer Softmax needs the last axis"))
         elif node.op_type == "Resize" and node.attributes.get("mode") is not None and node.attributes["mode"].value != "nearest":

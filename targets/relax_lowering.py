@@ -245,6 +245,14 @@ def _matmul_integer(n: _Node) -> relax.Expr:
     return R.matmul(n.arg(0), n.arg(1), out_dtype="int32")
 
 
+def _matmul(n: _Node) -> relax.Expr:
+    """MatMul of two int32 tensors (qc emits it for activation x activation products, range-checked)."""
+    a, b = n.arg(0), n.arg(1)
+    if str(a.ty.dtype) != "int32" or str(b.ty.dtype) != "int32":
+        raise n.fail("integer MatMul needs int32 operands")
+    return R.matmul(a, b, out_dtype="int32")
+
+
 def _max_pool(n: _Node) -> relax.Expr:
     """Max pooling; TVM pads with the dtype's minimum, which never wins a max (ONNX's -inf padding)."""
     if len(n.proto.output) > 1 and n.proto.output[1]:
@@ -487,6 +495,7 @@ def _resize(n: _Node) -> relax.Expr:
 CONVERTERS: dict[tuple[str, str], Callable[[_Node], relax.Expr | Sequence[relax.Expr]]] = {
     ("", "ConvInteger"): _conv_integer,
     ("", "MatMulInteger"): _matmul_integer,
+    ("", "MatMul"): _matmul,
     ("", "Add"): _elementwise(R.add),
     ("", "Sub"): _elementwise(R.subtract),
     ("", "Mul"): _elementwise(R.multiply),

@@ -141,7 +141,7 @@ def test_standard_integer_ops_exist_in_the_onnx_opset():
         ("ai.onnx", "ConvInteger", True),
         ("", "MatMulInteger", True),
         ("", "Conv", False),
-        ("", "MatMul", False),
+        ("", "MatMul", True),  # int32 x int32 (activation x activation)
         ("", "QuantizeLinear", False),
         ("", "DequantizeLinear", False),
         ("", "Softmax", False),

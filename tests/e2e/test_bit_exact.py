@@ -72,3 +72,29 @@ def test_tiny_cnn_cortex_m4_emulated_bit_exact(tiny_cnn_path, tiny_calibration, 
     saved = qcompiler.load(artifact.save(tmp_path / "m4"), emulate=True)
     feed = {"input": tiny_calibration["input"][:1]}
     np.testing.assert_array_equal(saved.run(feed)["probs"], artifact.module(emulate=True).run(feed)["probs"])
+
+
+def _attention_model(path):
+    """One attention head: Linear Q/K/V, Q·Kᵀ (two activations), scale, Softmax, A·V."""
+    import torch
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+
+        def forward(self, x):
+            scores = self.q(x) @ self.k(x).transpose(1, 2) * 0.25
+            return torch.softmax(scores, dim=-1) @ self.v(x)
+
+    torch.manual_seed(0)
+    torch.onnx.export(Attention().eval(), torch.randn(1, 8, 16), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    return path
+
+
+def test_attention_head_bit_exact(tmp_path):
+    """Activation x activation MatMuls and a scalar Mul compile integer-only and bit-exact."""
+    calibration = {"x": np.random.default_rng(0).standard_normal((16, 8, 16)).astype(np.float32)}
+    artifact = qcompiler.compile(_attention_model(tmp_path / "attention.onnx"), target="x86", calibration=calibration)
+    assert_bit_exact(artifact, [{"x": calibration["x"][i:i + 1]} for i in range(3)])

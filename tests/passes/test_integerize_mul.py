@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx_ir as ir
 import pytest
 from passes_testkit import (
@@ -72,3 +73,11 @@ def test_numerical_within_one_step_of_qdq(graph, dtype):
 )
 def test_no_match(build):
     assert_no_match(IntegerizeMulPass(), build())
+
+
+def test_scalar_constant_multiply_becomes_one_requantize():
+    graph = "g (float[2,3,4] x) => (float[2,3,4] y) { [scale] y = Mul (x, c) }"
+    m = qdq(graph, c=np.array(-0.25, np.float32))
+    assert IntegerizeMulPass()(m).modified is True
+    assert "Mul" not in op_types(m) and "qc.Requantize" in op_types(m)
+    integerize(IntegerizeMulPass(), qdq(graph, c=np.array(-0.25, np.float32)), steps=1, equal_fraction=0.9)
