@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from qcompiler.errors import OverflowRiskError
 from qcompiler.ir import node_text
 from qcompiler.pass_infra import PassResult
-from qcompiler.passes._emit import Emitter, RequantizingPass
-from qcompiler.passes._fused import match_tail
-from qcompiler.passes._qdq import dequantized, replace_island
+from qcompiler.passes._emit import RequantizingPass
+from qcompiler.passes._product import rewrite_activation_product
 from qcompiler.qmath import DTYPE_RANGES
 
 
@@ -28,21 +26,7 @@ class IntegerizeActivationMatMulPass(RequantizingPass):
         graph = model.graph
         modified = False
         for node in [n for n in graph if n.op_type == "MatMul"]:
-            a, b = (dequantized(v) for v in node.inputs[:2])
-            if a is None or b is None or not (a.per_tensor and b.per_tensor):
-                continue
-            if a.value.const_value is not None or b.value.const_value is not None:
-                continue
-            tail = match_tail(node.outputs[0])
-            if isinstance(tail, str):
-                continue
-            _check_reduction(node, a, b)
-            emit = Emitter(graph, tail.quantize, node.name)
-            product = emit.op("MatMul", [emit.centered(a.value, a.zp), emit.centered(b.value, b.zp)], dtype="int32")
-            ratio = np.array(np.float64(a.s) * np.float64(b.s) / np.float64(tail.output.s))
-            out = emit.requantize(product, ratio, tail.output.zp, tail.output.dtype, self.mantissa_bits, tail.clamp)
-            replace_island(graph, [node, *tail.nodes], tail.quantize, out)
-            modified = True
+            modified |= rewrite_activation_product(graph, node, self.mantissa_bits, check=_check_reduction)
         return PassResult(model, modified)
 
 

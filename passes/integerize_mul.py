@@ -9,6 +9,7 @@ from qcompiler.ir import const_array
 from qcompiler.pass_infra import PassResult
 from qcompiler.passes._emit import Emitter, RequantizingPass
 from qcompiler.passes._fused import match_tail
+from qcompiler.passes._product import rewrite_activation_product
 from qcompiler.passes._qdq import dequantized, replace_island
 
 
@@ -29,20 +30,7 @@ class IntegerizeMulPass(RequantizingPass):
             if self._scalar_multiply(graph, node):
                 modified = True
                 continue
-            a, b = (dequantized(v) for v in node.inputs[:2])
-            if a is None or b is None or not (a.per_tensor and b.per_tensor):
-                continue
-            if a.value.const_value is not None or b.value.const_value is not None:
-                continue
-            tail = match_tail(node.outputs[0])
-            if isinstance(tail, str):
-                continue
-            emit = Emitter(graph, tail.quantize, node.name)
-            product = emit.op("Mul", [emit.centered(a.value, a.zp), emit.centered(b.value, b.zp)], dtype="int32")
-            ratio = np.array(np.float64(a.s) * np.float64(b.s) / np.float64(tail.output.s))
-            out = emit.requantize(product, ratio, tail.output.zp, tail.output.dtype, self.mantissa_bits, tail.clamp)
-            replace_island(graph, [node, *tail.nodes], tail.quantize, out)
-            modified = True
+            modified |= rewrite_activation_product(graph, node, self.mantissa_bits)
         return PassResult(model, modified)
 
     def _scalar_multiply(self, graph: ir.Graph, node: ir.Node) -> bool:
