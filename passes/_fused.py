@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from qcompiler.ir import const_array, single_consumer
 from qcompiler.passes._qdq import Quantized, quantized_output
-from qcompiler.qmath import DTYPE_RANGES, quantize
+from qcompiler.qmath import quantize
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def activation_clamp(activation: ir.Node | None, out: Quantized) -> tuple[int, i
 
     Quantization is monotone, so ``quantize(clip(v, lo, hi)) == clip(quantize(v), quantize(lo), quantize(hi))``.
     """
-    qmin, qmax = DTYPE_RANGES[out.dtype]
+    qmin, qmax = out.qmin, out.qmax
     if activation is None:
         return qmin, qmax
     if activation.op_type == "Relu":

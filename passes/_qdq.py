@@ -13,6 +13,10 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.ir import const_array, erase_if_unused, single_consumer
+from qcompiler.qmath import code_range
+
+#: QuantizeLinear metadata key holding an activation's bit width when it is narrower than its dtype.
+BITS_KEY = "qc.bits"
 
 _DTYPE_NAMES = {ir.DataType.UINT8: "uint8", ir.DataType.INT8: "int8", ir.DataType.INT32: "int32"}
 
@@ -26,6 +30,17 @@ class Quantized:
     zero_point: np.ndarray
     dtype: str
     axis: int
+    bits: int = 8
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code (narrower than the dtype when ``bits < 8``)."""
+        return code_range(self.dtype, self.bits)[0]
+
+    @property
+    def qmax(self) -> int:
+        """Largest code."""
+        return code_range(self.dtype, self.bits)[1]
 
     @property
     def per_tensor(self) -> bool:
@@ -50,7 +65,8 @@ def _params(node: ir.Node, data: ir.Value) -> Quantized | None:
         return None
     zero = np.zeros_like(scale, dtype=np.int64) if zero is None else zero.astype(np.int64)
     axis = node.attributes["axis"].value if "axis" in node.attributes else 1
-    return Quantized(data, scale.astype(np.float32), zero, _DTYPE_NAMES[data.dtype], axis)
+    bits = int(node.metadata_props.get(BITS_KEY, 8))
+    return Quantized(data, scale.astype(np.float32), zero, _DTYPE_NAMES[data.dtype], axis, bits)
 
 
 def dequantized(value: ir.Value | None) -> Quantized | None:

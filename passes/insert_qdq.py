@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from qcompiler.ir import constant
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._qdq import BITS_KEY
 from qcompiler.quant_plan import QParams, activation_points
 
 _IR_TYPES = {"uint8": ir.DataType.UINT8, "int8": ir.DataType.INT8}
@@ -40,6 +41,8 @@ class InsertQDQPass(QcPass):
         scale = constant(graph, np.array(params.scale, np.float32), f"{value.name}_scale")
         zero = constant(graph, np.array(params.zero_point, params.dtype), f"{value.name}_zero_point")
         quant = ir.node("QuantizeLinear", [value, scale, zero], name=f"{value.name}/quantize")
+        if params.bits < 8:
+            quant.metadata_props[BITS_KEY] = str(params.bits)
         dequant = ir.node("DequantizeLinear", [quant.outputs[0], scale, zero], name=f"{value.name}/dequantize")
         q_value, dq_value = quant.outputs[0], dequant.outputs[0]
         q_value.name = f"{value.name}_q"

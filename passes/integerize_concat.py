@@ -39,4 +39,5 @@ class IntegerizeConcatPass(RequantizingPass):
         if part.s == out.s and part.zp == out.zp and part.dtype == out.dtype:
             return part.value
         ratio = np.array(np.float64(part.s) / np.float64(out.s))
-        return emit.requantize(emit.centered(part.value, part.zp), ratio, out.zp, out.dtype, self.mantissa_bits)
+        centered = emit.centered(part.value, part.zp)
+        return emit.requantize(centered, ratio, out.zp, out.dtype, self.mantissa_bits, (out.qmin, out.qmax))

@@ -10,7 +10,7 @@ from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._emit import Emitter
 from qcompiler.passes._qdq import dequantized, quantized_output, replace_island
 from qcompiler.qmath import quantize
-from qcompiler.quant_plan import PASS_THROUGH_OPS
+from qcompiler.quant_plan import passes_through
 
 
 class IntegerizeDataMovementPass(QcPass):
@@ -26,7 +26,7 @@ class IntegerizeDataMovementPass(QcPass):
         """Rewrite every matching node."""
         graph = model.graph
         modified = False
-        for node in [n for n in graph if n.op_type in PASS_THROUGH_OPS]:
+        for node in [n for n in graph if passes_through(n)]:
             x = dequantized(node.inputs[0])
             found = quantized_output(node.outputs[0])
             if x is None or found is None:

@@ -133,4 +133,4 @@ def _table(fn: Callable[[np.ndarray], np.ndarray], x: Quantized, out: Quantized)
     lo, hi = DTYPE_RANGES[x.dtype]
     codes = np.arange(lo, hi + 1)
     real = dequantize(codes, x.s, x.zp).astype(np.float64)
-    return quantize(fn(real), out.s, out.zp, out.dtype)
+    return np.clip(quantize(fn(real), out.s, out.zp, out.dtype), out.qmin, out.qmax)

@@ -32,7 +32,7 @@ STANDARD_INTEGER_OPS = frozenset(
         "MatMulInteger",  # u8/i8 x, i8 w -> i32
         "MatMul",  # int32 x int32 -> int32 (centered activation x activation products)
         "Add", "Sub", "Mul", "Div", "Mod", "Pow", "Neg", "Abs", "Sign",
-        "Cast", "Clip", "Max", "Min", "Where", "Equal", "Less", "Greater", "Not", "And", "Or",
+        "Cast", "CastLike", "Clip", "Max", "Min", "Where", "Equal", "Less", "Greater", "Not", "And", "Or",
         "MaxPool", "ReduceSum", "ReduceMax", "ReduceMin",
         "Pad", "Reshape", "Flatten", "Transpose", "Concat", "Slice", "Resize", "Squeeze", "Unsqueeze",
         "Gather", "Expand", "Identity", "Split", "Tile",
@@ -68,6 +68,30 @@ LookupTable (x, table, index_offset) => (y) {{
 }}
 """
 
+_SHIFT_LEFT = f"""
+<domain: "{DOMAIN}", opset_import: ["": {ONNX_OPSET}]>
+ShiftLeft (x, shift) => (y) {{
+    two = Constant <value = int64 {{2}}> ()
+    wide_shift = Cast <to = 7> (shift)
+    power = Pow (two, wide_shift)
+    factor = CastLike (power, x)
+    y = Mul (x, factor)
+}}
+"""
+
+_SHIFT_RIGHT = f"""
+<domain: "{DOMAIN}", opset_import: ["": {ONNX_OPSET}]>
+ShiftRight (x, shift) => (y) {{
+    two = Constant <value = int64 {{2}}> ()
+    wide_shift = Cast <to = 7> (shift)
+    power = Pow (two, wide_shift)
+    divisor = CastLike (power, x)
+    remainder = Mod <fmod = 0> (x, divisor)
+    exact = Sub (x, remainder)
+    y = Div (exact, divisor)
+}}
+"""
+
 #: qc functions and their semantics (the function bodies above are the executable definition).
 QC_FUNCTIONS = {
     "Requantize": (
@@ -80,6 +104,16 @@ QC_FUNCTIONS = {
         _LOOKUP_TABLE,
         "y = table[int32(x) + index_offset]. table: 1-D int8/uint8/int32; index_offset: int32, broadcast "
         "against x (a per-channel offset selects a per-channel table).",
+    ),
+    "ShiftLeft": (
+        _SHIFT_LEFT,
+        "y = x * 2**shift (a left shift that wraps like the dtype). x: int32 or int64; shift: int32 or int64, "
+        "broadcast against x, 0 <= shift < bits(x) - 1. y has x's dtype and broadcast shape.",
+    ),
+    "ShiftRight": (
+        _SHIFT_RIGHT,
+        "y = floor(x / 2**shift) (an arithmetic right shift). x: int32 or int64; shift: int32 or int64, "
+        "broadcast against x, 0 <= shift < bits(x) - 1. y has x's dtype and broadcast shape.",
     ),
 }
 

@@ -28,27 +28,41 @@ __all__ = [
     "dyadic_common_shift",
     "round_shift",
     "requantize",
+    "code_range",
 ]
 
 #: inclusive integer range of each quantized dtype; int8 weights use the symmetric range [-127, 127].
 DTYPE_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
 
+def code_range(dtype: str, bits: int = 8) -> tuple[int, int]:
+    """Inclusive code range of a ``bits``-wide activation stored in ``dtype`` (uint8 or int8).
+
+    >>> code_range("uint8", 4), code_range("int8", 6)
+    ((0, 15), (-32, 31))
+    """
+    qmin, qmax = DTYPE_RANGES[dtype]
+    if bits >= 8:
+        return qmin, qmax
+    return (0, 2**bits - 1) if qmin == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
 #: largest right shift qc emits: keeps ``2**shift`` and the rounding term inside int64.
 MAX_SHIFT = 62
 
 
-def affine_qparams(rmin: float, rmax: float, dtype: str = "uint8") -> tuple[float, int]:
+def affine_qparams(rmin: float, rmax: float, dtype: str = "uint8", bits: int = 8) -> tuple[float, int]:
     """Scale and zero point mapping the real range [rmin, rmax] (widened to hold 0) onto ``dtype``.
 
     ``scale = (rmax - rmin) / (qmax - qmin)`` and ``zero_point = clamp(round(qmin - rmin / scale))``, so that
     real 0 is exactly representable (padding and ReLU depend on it). A degenerate range gets scale 1.
+    ``bits < 8`` narrows the code range (:func:`code_range`); codes stay stored in ``dtype``.
 
     >>> affine_qparams(-1.0, 3.0, "uint8")
     (0.01568627450980392, 64)
     >>> affine_qparams(0.0, 0.0, "int8")
     (1.0, 0)
     """
-    qmin, qmax = DTYPE_RANGES[dtype]
+    qmin, qmax = code_range(dtype, bits)
     rmin, rmax = min(float(rmin), 0.0), max(float(rmax), 0.0)
     if rmax - rmin <= 0.0:
         return 1.0, 0 if qmin < 0 else qmin

@@ -7,6 +7,10 @@ The plan is computed on the normalized float graph (BatchNorm and affine ops fol
   or its bias Add; an Add feeding only a Relu/Clip; a Sigmoid feeding only ``x * Sigmoid(x)``);
 * a **calibrated point** is an activation point whose range comes from calibration; outputs of
   range-preserving ops (MaxPool, Reshape, ...) reuse their input's parameters and Softmax uses fixed ones.
+
+An attention mask reaches Softmax as ``Softmax(Where(keep, x, c))`` with ``keep`` a bool tensor computed
+from integer inputs and ``c`` a constant at most :data:`MASK_FILL_MAX`: that Where is absorbed by the
+Softmax (masked positions get probability 0 exactly).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from qcompiler.qmath import affine_qparams
 
 __all__ = [
     "PASS_THROUGH_OPS",
+    "MASK_FILL_MAX",
+    "passes_through",
+    "is_softmax_mask",
     "UNARY_TABLE_OPS",
     "SUPPORTED_FLOAT_OPS",
     "QParams",
@@ -30,10 +37,14 @@ __all__ = [
     "unsupported_nodes",
 ]
 
-#: ops whose integer form is the same op on the integer tensor, output sharing the input's parameters.
+#: ops whose integer form is the same op on the integer tensor, output sharing the input's parameters
+#: (Gather only when it selects from an activation; a Gather from a constant table is an embedding).
 PASS_THROUGH_OPS = frozenset(
-    {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Resize", "Identity"}
-)
+    {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Resize", "Identity",
+     "Gather"}
+)  # fmt: skip
+#: largest fill value of a masking ``Where`` before Softmax (exporters use -10000, -1e9, float min or -inf).
+MASK_FILL_MAX = -1e4
 #: elementwise functions of one activation computed as a lookup table (exact for 8-bit inputs).
 UNARY_TABLE_OPS = frozenset(
     {"Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Elu", "Selu",
@@ -43,6 +54,7 @@ _FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
 #: every float op the CNN pipeline can make integer (the check before quantization uses this table).
 SUPPORTED_FLOAT_OPS = PASS_THROUGH_OPS | UNARY_TABLE_OPS | {
     "Conv", "MatMul", "Add", "Sub", "Sum", "Mul", "GlobalAveragePool", "AveragePool", "Concat", "Softmax",
+    "LayerNormalization", "LpNormalization", "Where",
 }  # fmt: skip
 
 #: fixed output parameters of the integer Softmax: probabilities in [0, 1] on 255 steps.
@@ -56,6 +68,20 @@ class QParams:
     scale: float
     zero_point: int
     dtype: str
+    bits: int = 8
+
+
+def passes_through(node: ir.Node) -> bool:
+    """Whether ``node``'s output is its data input re-arranged (so it shares the input's parameters)."""
+    return node.op_type in PASS_THROUGH_OPS and (node.op_type != "Gather" or const_array(node.inputs[0]) is None)
+
+
+def is_softmax_mask(node: ir.Node) -> bool:
+    """Whether ``node`` is ``Where(keep, x, c)`` masking a Softmax input (see the module docstring)."""
+    if node.op_type != "Where" or node.inputs[0].dtype != ir.DataType.BOOL:
+        return False
+    fill = const_array(node.inputs[2])
+    return fill is not None and fill.size == 1 and float(fill.reshape(-1)[0]) <= MASK_FILL_MAX
 
 
 def _is_bias_add(node: ir.Node) -> bool:
@@ -67,6 +93,8 @@ def _absorbs(producer: ir.Node, consumer: ir.Node, value: ir.Value) -> bool:
     if consumer.op_type in _FUSED_ACTIVATIONS and producer.op_type in ("Conv", "MatMul", "Add", "Sub", "Sum"):
         return producer.op_type != "Add" or not _is_bias_add(producer) or _is_matmul_bias(producer)
     if producer.op_type == "MatMul" and _is_bias_add(consumer):
+        return True
+    if consumer.op_type == "Softmax" and is_softmax_mask(producer):
         return True
     if producer.op_type == "Sigmoid" and consumer.op_type == "Mul":
         return producer.inputs[0] in consumer.inputs and value in consumer.inputs
@@ -102,7 +130,7 @@ def calibration_points(graph: ir.Graph) -> list[ir.Value]:
     out = []
     for value in activation_points(graph):
         producer = value.producer()
-        if producer is not None and (producer.op_type in PASS_THROUGH_OPS or producer.op_type == "Softmax"):
+        if producer is not None and (passes_through(producer) or producer.op_type == "Softmax"):
             continue
         out.append(value)
     return out
@@ -116,7 +144,7 @@ def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtyp
     params: dict[str, QParams] = {}
     for value in activation_points(graph):
         producer = value.producer()
-        if producer is not None and producer.op_type in PASS_THROUGH_OPS:
+        if producer is not None and passes_through(producer):
             params[value.name] = params[producer.inputs[0].name]
         elif producer is not None and producer.op_type == "Softmax":
             params[value.name] = QParams(*SOFTMAX_QPARAMS)
@@ -135,11 +163,18 @@ def unsupported_nodes(graph: ir.Graph) -> list[tuple[str, str, str]]:
             problems.append((f"{node.domain}.{node.op_type}", node.name or "", "custom-domain ops are not supported"))
         elif node.op_type not in SUPPORTED_FLOAT_OPS:
             problems.append((node.op_type, node.name or "", "no integer form in qc yet"))
+        elif node.op_type == "Where" and not _masks_softmax(node):
+            problems.append((node.op_type, node.name or "", "only a Where masking a Softmax input is supported"))
         elif node.op_type == "Softmax" and not _softmax_on_last_axis(node):
             problems.append((node.op_type, node.name or "", "integer Softmax needs the last axis"))
         elif node.op_type == "Resize" and node.attributes.get("mode") is not None and node.attributes["mode"].value != "nearest":
             problems.append((node.op_type, node.name or "", "only mode='nearest' Resize is integer"))
     return problems
+
+
+def _masks_softmax(node: ir.Node) -> bool:
+    users = node.outputs[0].consumers()
+    return is_softmax_mask(node) and len(users) == 1 and users[0].op_type == "Softmax"
 
 
 def _softmax_on_last_axis(node: ir.Node) -> bool:

@@ -309,6 +309,16 @@ def _lookup_table(n: _Node) -> relax.Expr:
     return R.take(n.arg(1), R.add(R.astype(n.arg(0), "int32"), n.arg(2)), axis=0)
 
 
+def _shift(op: Callable[..., relax.Expr]) -> Callable[[_Node], relax.Expr]:
+    """qc.ShiftLeft / qc.ShiftRight: the shift amount takes x's dtype (TVM shifts need equal dtypes)."""
+
+    def convert(n: _Node) -> relax.Expr:
+        x, shift = n.args()
+        return op(x, R.astype(shift, str(x.ty.dtype)))
+
+    return convert
+
+
 # ---- layout ------------------------------------------------------------------------------------------------
 
 
@@ -506,6 +516,7 @@ CONVERTERS: dict[tuple[str, str], Callable[[_Node], relax.Expr | Sequence[relax.
     ("", "Abs"): _elementwise(R.abs),
     ("", "Sign"): _elementwise(R.sign),
     ("", "Cast"): _cast,
+    ("", "CastLike"): lambda n: R.astype(n.arg(0), str(n.arg(1).ty.dtype)),
     ("", "Clip"): _clip,
     ("", "Max"): _variadic(R.maximum),
     ("", "Min"): _variadic(R.minimum),
@@ -536,6 +547,8 @@ CONVERTERS: dict[tuple[str, str], Callable[[_Node], relax.Expr | Sequence[relax.
     ("", "Tile"): _tile,
     (intops.DOMAIN, "Requantize"): _requantize,
     (intops.DOMAIN, "LookupTable"): _lookup_table,
+    (intops.DOMAIN, "ShiftLeft"): _shift(R.left_shift),
+    (intops.DOMAIN, "ShiftRight"): _shift(R.right_shift),
 }
 
 

@@ -155,3 +155,33 @@ def test_standard_integer_ops_exist_in_the_onnx_opset():
 )
 def test_is_integer_op(domain, op_type, expected):
     assert intops.is_integer_op(domain, op_type) is expected
+
+
+@functools.cache
+def shift_session(dtype: str):
+    """``left = qc.ShiftLeft(x, s)``, ``right = qc.ShiftRight(x, s)``."""
+    return session(
+        onnx_model(
+            f"""
+            agraph ({dtype}[N] x, {dtype}[N] s) => ({dtype}[N] left, {dtype}[N] right) {{
+                left = {intops.DOMAIN}.ShiftLeft (x, s)
+                right = {intops.DOMAIN}.ShiftRight (x, s)
+            }}
+            """
+        )
+    )
+
+
+@PROPERTY
+@given(st.sampled_from(["int32", "int64"]).flatmap(
+    lambda dtype: st.tuples(
+        st.just(dtype),
+        arrays(np.dtype(dtype), 8),
+        arrays(np.dtype(dtype), 8, elements=st.integers(0, np.iinfo(dtype).bits - 2)),
+    )))
+def test_shift_bodies_are_arithmetic_shifts(case):
+    """The ONNX bodies (Pow, Mul, floor Mod, Div) are numpy's shifts: wrapping left, flooring right."""
+    dtype, x, s = case
+    left, right = shift_session(dtype).run(None, {"x": x, "s": s})
+    np.testing.assert_array_equal(left, np.left_shift(x, s))
+    np.testing.assert_array_equal(right, np.right_shift(x, s))

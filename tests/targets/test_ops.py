@@ -134,6 +134,26 @@ def reduces():
     return nodes, inputs, outputs, {"ax1": i64(1), "ax_last_first": i64(-1, 0)}
 
 
+def shifts():
+    """qc.ShiftLeft / qc.ShiftRight by every legal amount (constant and computed), wrapping on overflow."""
+    nodes = [
+        node("ShiftLeft", ["x32", "s32"], ["left32"], domain="qc"),
+        node("ShiftRight", ["x32", "s32"], ["right32"], domain="qc"),
+        node("ShiftLeft", ["x64", "s64"], ["left64"], domain="qc"),
+        node("ShiftRight", ["x64", "s64"], ["right64"], domain="qc"),
+        node("Cast", ["u8"], ["u8_wide"], to=6),
+        node("Mod", ["u8_wide", "thirty_one"], ["computed"], fmod=0),
+        node("ShiftRight", ["x32", "computed"], ["right_computed"], domain="qc"),
+    ]
+    inits = {
+        "s32": np.arange(31, dtype=np.int32),
+        "s64": np.arange(63, dtype=np.int64),
+        "thirty_one": np.array(31, np.int32),
+    }
+    inputs = {"x32": (I32, (3, 31)), "x64": (I64, (2, 63)), "u8": (U8, (3, 31))}
+    return nodes, inputs, ["left32", "right32", "left64", "right64", "right_computed"], inits
+
+
 def lookup_tables():
     """Per-tensor int8 table (offset 128) and per-channel int32 tables (offsets pick the channel's table)."""
     nodes = [
@@ -355,6 +375,7 @@ CASES = {
     "gathers": gathers(),
     "splits": splits(),
     "lookup_tables": lookup_tables(),
+    "shifts": shifts(),
     "requantize_per_channel_edges": requantize_edges(),
 }
 
