@@ -9,18 +9,22 @@ from qcompiler.errors import OverflowRiskError
 from qcompiler.ir import const_array, constant, fresh_name, node_text
 from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._qdq import dequantized
-from qcompiler.qmath import DTYPE_RANGES, symmetric_qparams
+from qcompiler.qmath import symmetric_qparams
 
 
 class QuantizeWeightsPass(QcPass):
     """Replace float weights and biases by integer initializers behind a DequantizeLinear.
 
     Conv weights are quantized per output channel (axis 0), MatMul weights ``[K, N]`` per column (axis 1),
-    symmetric over [-127, 127]. A bias (Conv input 2, or the constant of the Add after a MatMul) becomes int32
+    symmetric over ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (``[-127, 127]`` at 8 bits), stored as int8. A bias (Conv input 2, or the constant of the Add after a MatMul) becomes int32
     with scale ``s_x * s_w[c]`` and zero point 0; a channel whose bias would not fit in 2**30 at that scale gets
     a wider weight scale instead. Requires the activation input to be dequantized already (run after
     :class:`InsertQDQPass`).
     """
+
+    def __init__(self, bits: int = 8):
+        super().__init__()
+        self.bits = bits
 
     def call(self, model: ir.Model) -> PassResult:
         """Quantize every Conv/MatMul with a float constant weight."""
@@ -35,14 +39,13 @@ class QuantizeWeightsPass(QcPass):
                 modified = True
         return PassResult(model, modified)
 
-    @staticmethod
-    def _quantize(graph: ir.Graph, node: ir.Node, weight_axis: int, bias: ir.Value | None) -> None:
+    def _quantize(self, graph: ir.Graph, node: ir.Node, weight_axis: int, bias: ir.Value | None) -> None:
         source = dequantized(node.inputs[0])
         if source is None:
             raise ValueError(f"input of {node_text(node)} is not quantized; run InsertQDQPass first")
         weight = const_array(node.inputs[1]).astype(np.float64)
         other_axes = tuple(i for i in range(weight.ndim) if i != weight_axis)
-        scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes))
+        scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes), self.bits)
         bias_value = const_array(bias) if bias is not None else None
         if bias_value is not None:
             # A channel whose weights nearly vanish (dead after BatchNorm folding) but whose bias does not
@@ -51,7 +54,7 @@ class QuantizeWeightsPass(QcPass):
         scale = scale.astype(np.float32)
         shape = [1] * weight.ndim
         shape[weight_axis] = -1
-        qmax = DTYPE_RANGES["int8"][1]
+        qmax = 2 ** (self.bits - 1) - 1
         q_weight = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
         node.replace_input_with(1, _dequantize(graph, node, q_weight, scale, weight_axis, "weight"))
         if bias_value is None:

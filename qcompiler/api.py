@@ -19,7 +19,7 @@ from qcompiler.artifact import FORMAT, MANIFEST, atomic_directory, check_hashes,
 from qcompiler.config import CompileConfig
 from qcompiler.driver import Progress, QuantizedModel, quantize_model, weight_bytes
 from qcompiler.errors import QcError
-from qcompiler.model_io import boundary, integer_region
+from qcompiler.model_io import boundary, integer_region, is_integer_entry
 from qcompiler.qmath import dequantize, quantize
 from qcompiler.report import build_report
 from qcompiler.targets import CompiledModule, get_target
@@ -147,13 +147,22 @@ class Module:
         self.outputs = manifest["outputs"]
 
     def quantize_inputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Float feeds (by model input name) -> integer feeds of the compiled region (ONNX QuantizeLinear)."""
+        """Float feeds (by model input name) -> integer feeds of the compiled region (ONNX QuantizeLinear).
+
+        Integer model inputs (token ids, attention masks) pass through unchanged; they must already have the
+        input's dtype (a float or differently typed array is refused, never silently converted).
+        """
         names = {e["name"] for e in self.inputs}
         problems = [f"unexpected input '{k}'" for k in feeds if k not in names]
         problems += [f"missing input '{e['name']}'" for e in self.inputs if e["name"] not in feeds]
+        for e in self.inputs:
+            if is_integer_entry(e) and e["name"] in feeds and np.asarray(feeds[e["name"]]).dtype.name != e["int_dtype"]:
+                problems.append(f"input '{e['name']}' is {np.asarray(feeds[e['name']]).dtype.name}, "
+                                f"expected {e['int_dtype']} (integer inputs are passed through, not quantized)")
         if problems:
             raise QcError("; ".join(problems) + f"; the model's inputs are {sorted(names)}")
-        return {e["int_name"]: quantize(feeds[e["name"]], e["scale"], e["zero_point"], e["int_dtype"]) for e in self.inputs}
+        return {e["int_name"]: np.asarray(feeds[e["name"]]) if is_integer_entry(e)
+                else quantize(feeds[e["name"]], e["scale"], e["zero_point"], e["int_dtype"]) for e in self.inputs}
 
     def run_integer(self, int_feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the compiled integer region on integer feeds; integer outputs keyed by their tensor names."""

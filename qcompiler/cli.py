@@ -49,6 +49,16 @@ def _parse_options(specs: list[str]) -> dict[str, str]:
     return options
 
 
+def _parse_bits(spec: str) -> dict[str, int]:
+    """``w4a8`` -> weight and activation bit widths."""
+    import re
+
+    match = re.fullmatch(r"w(\d+)a(\d+)", spec.strip().lower())
+    if match is None:
+        raise QcError(f"--bits {spec!r}: expected wXaY, e.g. w8a8 or w4a4")
+    return {"weight_bits": int(match[1]), "activation_bits": int(match[2])}
+
+
 @app.command()
 def compile(
     model: Annotated[Path, typer.Argument(help="float ONNX model")],
@@ -65,6 +75,14 @@ def compile(
     ram_limit: Annotated[str | None, typer.Option("--ram-limit", help="MCU targets: max RAM (bytes, 512K, 2M)")] = None,
     flash_limit: Annotated[str | None, typer.Option("--flash-limit", help="MCU targets: max flash (bytes, 2M)")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help=".npz with inputs and 'labels' for accuracy")] = None,
+    bits: Annotated[str | None, typer.Option(help="weight and activation widths wXaY, e.g. w8a8, w4a4")] = None,
+    attn_bits: Annotated[int | None, typer.Option("--attn-bits", help="post-Softmax width (codes for log2)")] = None,
+    softmax: Annotated[str | None, typer.Option(help="integer Softmax: table | shift | poly")] = None,
+    softmax_quant: Annotated[str | None, typer.Option("--softmax-quant",
+                                                      help="post-Softmax codes: uniform | log2 | log-sqrt2")] = None,
+    gelu: Annotated[str | None, typer.Option(help="integer GELU: table | shift | poly")] = None,
+    reparam: Annotated[bool | None, typer.Option("--reparam/--no-reparam",
+                                                 help="RepQ-ViT reparameterization of post-LayerNorm activations")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON config (same keys as CompileConfig)")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ) -> None:
@@ -77,6 +95,9 @@ def compile(
         input_shapes={**base.input_shapes, **_parse_shapes(input_shape)},
         target_options={**base.target_options, **_parse_options(target_option),
                         **{k: v for k, v in (("ram_limit", ram_limit), ("flash_limit", flash_limit)) if v is not None}},
+        **(_parse_bits(bits) if bits is not None else {}),
+        **{k: v for k, v in (("attention_bits", attn_bits), ("softmax", softmax), ("softmax_quant", softmax_quant),
+                             ("gelu", gelu), ("reparam", reparam)) if v is not None},
     )
     if output.exists() and not force:
         raise QcError(f"output directory {output} already exists; pass --force to replace it")
@@ -167,7 +188,8 @@ def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")]
     out.print(f"target {target['name']} ({target.get('triple', '')}), library {manifest['library']['library']}")
     for side in ("inputs", "outputs"):
         for e in manifest[side]:
-            out.print(f"{side[:-1]} {e['name']}: {e['int_dtype']}{e['shape']} scale={e['scale']:.6g} zp={e['zero_point']}")
+            params = "integer input" if e["scale"] is None else f"scale={e['scale']:.6g} zp={e['zero_point']}"
+            out.print(f"{side[:-1]} {e['name']}: {e['int_dtype']}{e['shape']} {params}")
     table = Table()
     for column in ("node", "op", "integer form", "output scale", "zp", "range"):
         table.add_column(column)
@@ -178,6 +200,21 @@ def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")]
         table.add_row(node["name"], node["op_type"], form, f"{q['scale']:.4g}" if q else "", str(q.get("zero_point", "")),
                       f"[{rng[0]:.3g}, {rng[1]:.3g}]" if rng else "")
     out.print(table)
+    if report.get("blocks"):
+        out.print(_blocks_table(report["blocks"]))
+
+
+def _blocks_table(blocks: list[dict]) -> Table:
+    """Per transformer block: the integer method of each nonlinearity and its calibrated constants."""
+    table = Table(title="integer nonlinearities per block")
+    for column in ("block", "op", "method", "constants", "calibration MSE", "node"):
+        table.add_column(column)
+    for block in blocks:
+        for entry in block["nonlinear"]:
+            constants = ", ".join(f"{k}={v}" for k, v in sorted(entry["constants"].items()))
+            error = "" if entry["error"] is None else f"{entry['error']:.3g}"
+            table.add_row(block["block"], entry["op"], entry["method"], constants or "-", error, entry["node"])
+    return table
 
 
 @app.command()

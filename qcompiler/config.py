@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qcompiler.errors import QcError
+from qcompiler.nonlinear import GELU_METHODS, SOFTMAX_METHODS, SOFTMAX_QUANTIZERS
 
 __all__ = ["CompileConfig", "CALIBRATION_METHODS", "ACTIVATION_DTYPES"]
 
@@ -19,6 +20,8 @@ CONFIG_VERSION = 1
 #: calibration methods, named as onnxruntime names them (case-insensitive on input).
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_DTYPES = ("uint8", "int8")
+#: supported widths of weights, activations and attention probabilities (stored in 8-bit integers).
+BIT_WIDTHS = range(2, 9)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,13 @@ class CompileConfig:
         calibration_method: one of :data:`CALIBRATION_METHODS`.
         percentile: the percentile used by ``calibration_method="percentile"``.
         activation_dtype: ``"uint8"`` (asymmetric, default) or ``"int8"`` per-tensor activations.
-        weight_bits: bits of the per-channel symmetric weights (8 for now).
+        weight_bits: bits of the per-channel symmetric weights (2..8).
+        activation_bits: bits of the activations (2..8; model inputs stay 8-bit).
+        attention_bits: bits of post-Softmax activations (uniform steps, or log2 / log-sqrt2 codes).
+        softmax: integer Softmax method, one of ``nonlinear.SOFTMAX_METHODS``.
+        softmax_quant: post-Softmax quantizer, one of ``nonlinear.SOFTMAX_QUANTIZERS``.
+        gelu: integer GELU method, one of ``nonlinear.GELU_METHODS``.
+        reparam: RepQ-ViT scale reparameterization of post-LayerNorm activations.
         input_shapes: static shapes for inputs with dynamic dims, ``{"input": (1, 3, 224, 224)}``.
     """
 
@@ -41,13 +50,20 @@ class CompileConfig:
     percentile: float = 99.999
     activation_dtype: str = "uint8"
     weight_bits: int = 8
+    activation_bits: int = 8
+    attention_bits: int = 8
+    softmax: str = "table"
+    softmax_quant: str = "uniform"
+    gelu: str = "table"
+    reparam: bool = True
     input_shapes: dict = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
         problems = self._type_problems()
-        if isinstance(self.calibration_method, str):
-            object.__setattr__(self, "calibration_method", self.calibration_method.lower())
+        for name in ("calibration_method", "softmax", "softmax_quant", "gelu"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, getattr(self, name).lower())
         problems += self._value_problems(badly_typed={p.split(" ")[0] for p in problems})
         if problems:
             raise QcError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -56,10 +72,13 @@ class CompileConfig:
     def _type_problems(self) -> list[str]:
         """Fields whose type is wrong (checked first: the value checks below assume the types)."""
         expected = {"target": str, "target_options": dict, "calibration_method": str, "percentile": (int, float),
-                    "activation_dtype": str, "weight_bits": int, "input_shapes": dict, "version": int}
+                    "activation_dtype": str, "weight_bits": int, "activation_bits": int, "attention_bits": int,
+                    "softmax": str, "softmax_quant": str, "gelu": str, "reparam": bool, "input_shapes": dict,
+                    "version": int}
         problems = [f"{name} must be {getattr(kind, '__name__', 'a number')}, got {getattr(self, name)!r}"
                     for name, kind in expected.items()
-                    if not isinstance(getattr(self, name), kind) or isinstance(getattr(self, name), bool)]
+                    if not isinstance(getattr(self, name), kind)
+                    or (kind is not bool and isinstance(getattr(self, name), bool))]
         if isinstance(self.input_shapes, dict):
             problems += [f"input_shapes['{name}'] = {shape!r} must be a list of positive integers"
                          for name, shape in self.input_shapes.items()
@@ -69,21 +88,21 @@ class CompileConfig:
 
     def _value_problems(self, badly_typed: set[str]) -> list[str]:
         """Well-typed fields whose value is out of range, all of them."""
+        choices = {"calibration_method": CALIBRATION_METHODS, "activation_dtype": ACTIVATION_DTYPES,
+                   "softmax": SOFTMAX_METHODS, "softmax_quant": SOFTMAX_QUANTIZERS, "gelu": GELU_METHODS}
         checks = {
-            "calibration_method": lambda: self.calibration_method not in CALIBRATION_METHODS,
-            "activation_dtype": lambda: self.activation_dtype not in ACTIVATION_DTYPES,
-            "weight_bits": lambda: self.weight_bits != 8,
+            **{name: (lambda name=name, allowed=allowed: getattr(self, name) not in allowed)
+               for name, allowed in choices.items()},
+            **{name: (lambda name=name: getattr(self, name) not in BIT_WIDTHS)
+               for name in ("weight_bits", "activation_bits", "attention_bits")},
             "percentile": lambda: not 50.0 < self.percentile <= 100.0,
             "version": lambda: self.version != CONFIG_VERSION,
         }
         failing = {name for name, check in checks.items() if name not in badly_typed and check()}
-        problems = []
-        if "calibration_method" in failing:
-            problems.append(f"calibration_method '{self.calibration_method}' is not one of {', '.join(CALIBRATION_METHODS)}")
-        if "activation_dtype" in failing:
-            problems.append(f"activation_dtype '{self.activation_dtype}' is not one of {', '.join(ACTIVATION_DTYPES)}")
-        if "weight_bits" in failing:
-            problems.append(f"weight_bits={self.weight_bits}: only 8-bit weights are supported so far")
+        problems = [f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}"
+                    for name, allowed in choices.items() if name in failing]
+        problems += [f"{name}={getattr(self, name)} must be between {BIT_WIDTHS[0]} and {BIT_WIDTHS[-1]}"
+                     for name in ("weight_bits", "activation_bits", "attention_bits") if name in failing]
         if "percentile" in failing:
             problems.append(f"percentile={self.percentile} must be in (50, 100]")
         if "version" in failing:

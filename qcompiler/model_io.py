@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from qcompiler.errors import ModelError
 
-__all__ = ["load_float_model", "integer_region", "boundary"]
+__all__ = ["load_float_model", "integer_region", "boundary", "is_integer_entry"]
 
 
 def load_float_model(source: str | Path | onnx.ModelProto) -> ir.Model:
@@ -80,6 +80,10 @@ def boundary(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
 
     Each entry: ``name`` (float graph value), ``int_name`` (integer tensor inside), ``shape``, ``int_dtype``,
     ``scale`` and ``zero_point`` read from the boundary QuantizeLinear / DequantizeLinear.
+
+    An **integer graph input** (token ids, an attention mask: any non-float input) has no boundary node: it
+    enters the integer region as it is. Its entry has ``int_name == name``, ``int_dtype`` its own dtype and
+    ``scale = zero_point = None`` (feeds pass through unchanged, see :func:`is_integer_entry`).
     """
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -95,7 +99,16 @@ def boundary(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
                 "scale": float(inits[node.input[1]]), "zero_point": int(zero)}
 
     inputs = []
+    initializer_names = {t.name for t in model.graph.initializer}
     for value in model.graph.input:
+        elem_type = value.type.tensor_type.elem_type
+        if value.name in initializer_names:
+            continue
+        if elem_type in _INTEGER_INPUT_TYPES:
+            inputs.append({"name": value.name, "int_name": value.name, "shape": shapes[value.name],
+                           "int_dtype": onnx.helper.tensor_dtype_to_np_dtype(elem_type).name,
+                           "scale": None, "zero_point": None})
+            continue
         quant = [n for n in consumers.get(value.name, []) if n.op_type == "QuantizeLinear"]
         if len(quant) != 1 or len(consumers[value.name]) != 1:
             raise ModelError(f"input '{value.name}' is not consumed by exactly one boundary QuantizeLinear")
@@ -107,6 +120,18 @@ def boundary(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
             raise ModelError(f"output '{value.name}' is not produced by a boundary DequantizeLinear")
         outputs.append(entry(value.name, node, node.input[0]))
     return inputs, outputs
+
+
+#: graph input types that enter the integer region directly (no boundary QuantizeLinear).
+_INTEGER_INPUT_TYPES = frozenset({
+    onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.BOOL,
+})  # fmt: skip
+
+
+def is_integer_entry(entry: dict) -> bool:
+    """Whether a :func:`boundary` entry is an integer graph input (passed through, not quantized)."""
+    return entry.get("scale") is None
 
 
 def integer_region(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -122,7 +147,8 @@ def integer_region(model: onnx.ModelProto) -> onnx.ModelProto:
     kept = [n for n in graph.node if not any(o in boundary_nodes for o in n.output)]
     del graph.node[:]
     graph.node.extend(kept)
-    type_of = {"uint8": onnx.TensorProto.UINT8, "int8": onnx.TensorProto.INT8, "int32": onnx.TensorProto.INT32}
+    type_of = {name: onnx.helper.np_dtype_to_tensor_dtype(np.dtype(name))
+               for name in ("uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "bool")}
     del graph.input[:]
     graph.input.extend(onnx.helper.make_tensor_value_info(e["int_name"], type_of[e["int_dtype"]], e["shape"]) for e in inputs)
     del graph.output[:]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
+from qcompiler.config import CompileConfig
 from qcompiler.pass_infra import Pipeline
 from qcompiler.passes.batchnorm_to_affine import BatchNormToAffinePass
 from qcompiler.passes.channel_affine_to_conv import ChannelAffineToConvPass
@@ -9,6 +14,10 @@ from qcompiler.passes.finalize_integer_model import FinalizeIntegerModelPass
 from qcompiler.passes.fold_batchnorm import FoldBatchNormPass
 from qcompiler.passes.fold_channel_affine import FoldChannelAffinePass
 from qcompiler.passes.fold_constants import FoldConstantsPass
+from qcompiler.passes.fuse_attention_mask import FuseAttentionMaskPass
+from qcompiler.passes.fuse_gelu import FuseGeluPass
+from qcompiler.passes.fuse_l2_normalization import FuseL2NormalizationPass
+from qcompiler.passes.fuse_layer_norm import FuseLayerNormPass
 from qcompiler.passes.gemm_to_matmul import GemmToMatMulPass
 from qcompiler.passes.initializers_as_constants import InitializersAsConstantsPass
 from qcompiler.passes.insert_qdq import InsertQDQPass
@@ -17,7 +26,13 @@ from qcompiler.passes.integerize_add import IntegerizeAddPass
 from qcompiler.passes.integerize_concat import IntegerizeConcatPass
 from qcompiler.passes.integerize_conv import IntegerizeConvPass
 from qcompiler.passes.integerize_data_movement import IntegerizeDataMovementPass
+from qcompiler.passes.integerize_embedding import IntegerizeEmbeddingPass
+from qcompiler.passes.integerize_gelu import IntegerizeGeluPass
+from qcompiler.passes.integerize_l2_normalization import IntegerizeL2NormalizationPass
+from qcompiler.passes.integerize_layer_norm import IntegerizeLayerNormPass
+from qcompiler.passes.integerize_log_attention import IntegerizeLogAttentionPass
 from qcompiler.passes.integerize_lookup_table import IntegerizeLookupTablePass
+from qcompiler.passes.integerize_masked_mean import IntegerizeMaskedMeanPass
 from qcompiler.passes.integerize_matmul import IntegerizeMatMulPass
 from qcompiler.passes.integerize_mul import IntegerizeMulPass
 from qcompiler.passes.integerize_pooling import IntegerizePoolingPass
@@ -41,6 +56,10 @@ def normalize_pipeline(input_shapes: dict[str, tuple[int, ...]]) -> Pipeline:
             SetStaticShapesPass(input_shapes),  # static input shapes first: folding shape subgraphs needs them
             FoldConstantsPass(),  # Constant nodes, ConstantOfShape weights, Pad/Reshape shape subgraphs
             RemoveIdentityOpsPass(),  # Identity, inference Dropout
+            FuseAttentionMaskPass(),  # Softmax(x + 0/min mask bias) -> Softmax(Where(keep, x, min)), no float mask
+            FuseLayerNormPass(),  # decomposed LayerNorm (opset < 17 exports) -> LayerNormalization(axis=-1)
+            FuseL2NormalizationPass(),  # x / max(ReduceL2(x), eps <= 1e-6) (F.normalize) -> LpNormalization(p=2)
+            FuseGeluPass(),  # exported Erf / tanh GELU subgraphs -> one opset-20 Gelu
             GemmToMatMulPass(),  # one matmul form for quantization: MatMul(x, W[K,N]) + bias
             FoldBatchNormPass(),  # Conv + BN -> Conv
             BatchNormToAffinePass(),  # the other BNs (after Gemm, pre-activation) -> per-channel Mul + Add
@@ -53,23 +72,35 @@ def normalize_pipeline(input_shapes: dict[str, tuple[int, ...]]) -> Pipeline:
     )
 
 
-def quantize_pipeline(params: dict[str, QParams]) -> Pipeline:
+def quantize_pipeline(params: dict[str, QParams], weight_bits: int = 8) -> Pipeline:
     """Canonical float model + activation parameters -> QDQ model (fake-quantized, runnable in onnxruntime)."""
     return Pipeline(
         [
             InsertQDQPass(params),  # Q/DQ on every activation point
-            QuantizeWeightsPass(),  # int8 per-channel weights, int32 biases (needs the input DQ)
+            QuantizeWeightsPass(weight_bits),  # int8 per-channel weights, int32 biases (needs the input DQ)
             RemoveUnusedPass(),  # the float weights
         ],
         name="quantize",
     )
 
 
-def integerize_pipeline(mantissa_bits: int) -> Pipeline:
+def integerize_pipeline(mantissa_bits: int, config: CompileConfig | None = None,
+                        samples: Mapping[str, np.ndarray] | None = None) -> Pipeline:
     """QDQ model -> integer-only model. Each pass rewrites one ``DQ -> op -> Q`` family; order is free
-    except that the lookup-table pass must see ``x * Sigmoid(x)`` before the Mul pass does."""
+    except that the lookup-table pass must see ``x * Sigmoid(x)`` before the Mul pass does.
+
+    ``config`` picks the Softmax / GELU methods and the post-Softmax quantizer; ``samples`` (float inputs of
+    Softmax and Gelu nodes keyed by node name) let those passes fit their constants per layer."""
+    config = config or CompileConfig()
+    log_attention = [] if config.softmax_quant == "uniform" else [
+        # Softmax -> Q -> DQ -> MatMul(., V) as one pattern: before the generic Softmax and MatMul passes
+        IntegerizeLogAttentionPass(config.softmax_quant, config.attention_bits, config.softmax, samples,
+                                   mantissa_bits)
+    ]
     return Pipeline(
         [
+            *log_attention,
+            IntegerizeGeluPass(config.gelu, samples, mantissa_bits),  # shift/poly; "table" only records
             IntegerizeLookupTablePass(),  # elementwise functions, including x*sigmoid(x)
             IntegerizeConvPass(mantissa_bits),
             IntegerizeMatMulPass(mantissa_bits),
@@ -78,7 +109,11 @@ def integerize_pipeline(mantissa_bits: int) -> Pipeline:
             IntegerizeMulPass(mantissa_bits),
             IntegerizePoolingPass(mantissa_bits),
             IntegerizeConcatPass(mantissa_bits),
-            IntegerizeSoftmaxPass(),
+            IntegerizeSoftmaxPass(config.softmax, samples),  # uniform probabilities (and classifier heads)
+            IntegerizeLayerNormPass(mantissa_bits),  # last-axis LayerNorm: integer variance, Newton isqrt
+            IntegerizeL2NormalizationPass(mantissa_bits),  # LpNormalization(p=2, axis=-1)
+            IntegerizeEmbeddingPass(),  # Gather(float table, integer ids) -> Gather(quantized table, ids)
+            IntegerizeMaskedMeanPass(mantissa_bits),  # sum(x * mask) / count: one table-indexed Requantize
             IntegerizeDataMovementPass(),
             FinalizeIntegerModelPass(),  # refuse leftovers, attach qc functions, drop dead values
         ],

@@ -11,6 +11,12 @@ The plan is computed on the normalized float graph (BatchNorm and affine ops fol
 An attention mask reaches Softmax as ``Softmax(Where(keep, x, c))`` with ``keep`` a bool tensor computed
 from integer inputs and ``c`` a constant at most :data:`MASK_FILL_MAX`: that Where is absorbed by the
 Softmax (masked positions get probability 0 exactly).
+
+Integer graph inputs (token ids, attention masks) are not activation points: they enter the integer region
+as they are, and nodes computing only integer or bool tensors from them are supported as they are when the
+op is in qc's integer op set (:func:`is_integer_node`). A **masked mean** (sentence-embedding pooling,
+:func:`masked_mean`) ``Div(ReduceSum(x * Cast(m)), Clip(ReduceSum(Cast(m')), eps))`` with ``m``, ``m'``
+integer tensors has one activation point, the Div output: its float interior is absorbed.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from qcompiler.ir import const_array
+from qcompiler.intops import is_integer_op
+from qcompiler.ir import attr, const_array
 from qcompiler.qmath import affine_qparams
 
 __all__ = [
     "PASS_THROUGH_OPS",
     "MASK_FILL_MAX",
+    "MaskedMean",
+    "masked_mean",
+    "is_integer_node",
     "passes_through",
     "is_softmax_mask",
     "UNARY_TABLE_OPS",
@@ -57,8 +67,6 @@ SUPPORTED_FLOAT_OPS = PASS_THROUGH_OPS | UNARY_TABLE_OPS | {
     "LayerNormalization", "LpNormalization", "Where",
 }  # fmt: skip
 
-#: fixed output parameters of the integer Softmax: probabilities in [0, 1] on 255 steps.
-SOFTMAX_QPARAMS = (1.0 / 255.0, 0, "uint8")
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,94 @@ def is_softmax_mask(node: ir.Node) -> bool:
         return False
     fill = const_array(node.inputs[2])
     return fill is not None and fill.size == 1 and float(fill.reshape(-1)[0]) <= MASK_FILL_MAX
+
+
+def is_integer_node(node: ir.Node) -> bool:
+    """Whether ``node`` is an op of qc's integer op set reading and writing only non-float tensors."""
+    values = [v for v in [*node.inputs, *node.outputs] if v is not None]
+    return (node.domain in ("", "ai.onnx") and is_integer_op("", node.op_type)
+            and all(v.dtype is not None and not v.dtype.is_floating_point() for v in values))
+
+
+@dataclass(frozen=True)
+class MaskedMean:
+    """``Div(ReduceSum(data * Cast(mask)), Clip(ReduceSum(Cast(count_mask)), eps))`` over ``axes``."""
+
+    div: ir.Node
+    data: ir.Value
+    mask: ir.Value
+    count_mask: ir.Value
+    axes: tuple[int, ...]
+    keepdims: int
+    interior: tuple[ir.Node, ...]
+
+
+def _int_cast(value: ir.Value | None) -> ir.Value | None:
+    """The non-float input of ``value = Cast<to=FLOAT>(m)``, else None."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Cast" or node.outputs[0].dtype != ir.DataType.FLOAT:
+        return None
+    source = node.inputs[0]
+    return source if source.dtype is not None and not source.dtype.is_floating_point() else None
+
+
+def _reduce_sum(value: ir.Value | None) -> tuple[ir.Node, tuple[int, ...], int] | None:
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "ReduceSum" or len(node.inputs) < 2:
+        return None
+    axes = const_array(node.inputs[1])
+    if axes is None or attr(node, "noop_with_empty_axes", 0) or axes.size == 0:
+        return None
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    return node, tuple(sorted(int(a) % max(rank, 1) for a in axes.reshape(-1))), int(attr(node, "keepdims", 1))
+
+
+def masked_mean(node: ir.Node) -> MaskedMean | None:
+    """The masked mean whose final ``Div`` is ``node`` (see the module docstring), else None.
+
+    The count is ``Clip(count, min)`` with ``0 < min < 1`` (``torch.clamp(min=1e-9)``); every interior value
+    is consumed inside the pattern only. The mask values are used as they are (the pooling is exact for any
+    non-negative integer mask; attention masks hold 0/1).
+    """
+    if node.op_type != "Div" or node.outputs[0].dtype != ir.DataType.FLOAT:
+        return None
+    num, den = node.inputs[0], node.inputs[1]
+    clip = den.producer()
+    if clip is None or clip.op_type != "Clip" or len(clip.inputs) < 2 or clip.inputs[1] is None:
+        return None
+    low = const_array(clip.inputs[1])
+    if low is None or low.size != 1 or not 0 < float(low.reshape(-1)[0]) < 1:
+        return None
+    if len(clip.inputs) > 2 and clip.inputs[2] is not None:
+        return None
+    summed, counted = _reduce_sum(num), _reduce_sum(clip.inputs[0])
+    if summed is None or counted is None or summed[1:] != counted[1:]:
+        return None
+    product = summed[0].inputs[0].producer()
+    if product is None or product.op_type != "Mul":
+        return None
+    masks = [(_int_cast(v), v) for v in product.inputs]
+    found = [(m, v) for m, v in masks if m is not None]
+    data = [v for m, v in masks if m is None]
+    count_mask = _int_cast(counted[0].inputs[0])
+    if len(found) != 1 or len(data) != 1 or count_mask is None or data[0].dtype != ir.DataType.FLOAT:
+        return None
+    interior = {product, summed[0], counted[0], clip, found[0][1].producer(), counted[0].inputs[0].producer()}
+    for inner in interior:
+        if inner.outputs[0].is_graph_output() or any(u not in interior and u is not node for u in inner.outputs[0].consumers()):
+            return None
+    order = [n for n in node.graph if n in interior] if node.graph is not None else list(interior)
+    return MaskedMean(node, data[0], found[0][0], count_mask, summed[1], summed[2], tuple(order))
+
+
+def _masked_mean_interiors(graph: ir.Graph) -> set[ir.Node]:
+    """The absorbed float nodes of every masked mean of ``graph``."""
+    found: set[ir.Node] = set()
+    for node in graph:
+        mean = masked_mean(node) if node.op_type == "Div" else None
+        if mean is not None:
+            found.update(mean.interior)
+    return found
 
 
 def _is_bias_add(node: ir.Node) -> bool:
@@ -118,7 +214,10 @@ def _absorbed(value: ir.Value) -> bool:
 def activation_points(graph: ir.Graph) -> list[ir.Value]:
     """Float values that hold integer tensors after quantization, in topological order."""
     points = [v for v in graph.inputs if v.dtype == ir.DataType.FLOAT]
+    pooled = _masked_mean_interiors(graph)
     for node in graph:
+        if node in pooled:
+            continue
         for out in node.outputs:
             if out.dtype == ir.DataType.FLOAT and not _absorbed(out):
                 points.append(out)
@@ -136,29 +235,42 @@ def calibration_points(graph: ir.Graph) -> list[ir.Value]:
     return out
 
 
-def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtype: str) -> dict[str, QParams]:
+def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtype: str, bits: int = 8,
+                   attention_bits: int = 8) -> dict[str, QParams]:
     """Parameters of every activation point from calibrated ``ranges`` (keyed by value name).
 
-    Pass-through outputs inherit their input's parameters; Softmax outputs get :data:`SOFTMAX_QPARAMS`.
+    Pass-through outputs inherit their input's parameters. Softmax outputs are fixed: probabilities on
+    [0, 1] in 255 uint8 steps, or ``2**attention_bits - 1`` steps when they feed an attention MatMul. Activations are ``bits``
+    wide, except graph inputs and outputs, which stay 8-bit (the input image and the scores keep their
+    resolution, as in RepQ-ViT's low-bit settings).
     """
     params: dict[str, QParams] = {}
     for value in activation_points(graph):
         producer = value.producer()
+        width = 8 if producer is None or value.is_graph_output() else bits
         if producer is not None and passes_through(producer):
             params[value.name] = params[producer.inputs[0].name]
         elif producer is not None and producer.op_type == "Softmax":
-            params[value.name] = QParams(*SOFTMAX_QPARAMS)
+            width = attention_bits if _feeds_matmul(value) else 8
+            params[value.name] = QParams(1.0 / (2**width - 1), 0, "uint8", width)
         else:
             rmin, rmax = ranges[value.name]
-            scale, zero_point = affine_qparams(rmin, rmax, dtype)
-            params[value.name] = QParams(float(np.float32(scale)), zero_point, dtype)
+            scale, zero_point = affine_qparams(rmin, rmax, dtype, width)
+            params[value.name] = QParams(float(np.float32(scale)), zero_point, dtype, width)
     return params
+
+
+def _feeds_matmul(value: ir.Value) -> bool:
+    return not value.is_graph_output() and any(user.op_type == "MatMul" for user in value.consumers())
 
 
 def unsupported_nodes(graph: ir.Graph) -> list[tuple[str, str, str]]:
     """``(op_type, node name, reason)`` for every node the CNN pipeline cannot make integer."""
     problems = []
+    pooled = _masked_mean_interiors(graph)
     for node in graph:
+        if node in pooled or is_integer_node(node) or (node.op_type == "Div" and masked_mean(node) is not None):
+            continue
         if node.domain not in ("", "ai.onnx"):
             problems.append((f"{node.domain}.{node.op_type}", node.name or "", "custom-domain ops are not supported"))
         elif node.op_type not in SUPPORTED_FLOAT_OPS:

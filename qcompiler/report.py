@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import collections
+import re
 
 import onnx
 
 from qcompiler.model_io import boundary
+from qcompiler.nonlinear import recorded
 
-__all__ = ["build_report", "op_count_rows"]
+__all__ = ["build_report", "op_count_rows", "block_of"]
+
+#: a path component naming a repeated transformer block: ``blocks.3``, ``layer.0``, ``layers_11``, ...
+_BLOCK = re.compile(r"(?:^|/)((?:blocks?|layers?|h)[._]\d+)(?:/|$)")
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -34,6 +39,7 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_m
     Integer nodes are attributed to the float node whose name prefixes theirs (``<float name>/<op>_<i>``).
     """
     params = _qdq_params(qdq_model)
+    methods = recorded(int_model)
     integer_ops: dict[str, list[str]] = collections.defaultdict(list)
     for node in int_model.graph.node:
         owner = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
@@ -48,9 +54,26 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_m
                 entry["output"]["range"] = [float(ranges[output][0]), float(ranges[output][1])]
         if not entry["integer_ops"]:
             entry["fused_into"] = _fused_owner(float_model, node, integer_ops)
+        if node.name in methods:
+            entry["integer_method"] = methods[node.name]
         nodes.append(entry)
     inputs, outputs = boundary(int_model)
-    return {"nodes": nodes, "inputs": inputs, "outputs": outputs}
+    return {"nodes": nodes, "inputs": inputs, "outputs": outputs, "blocks": _blocks(nodes)}
+
+
+def block_of(node_name: str) -> str:
+    """The transformer block a node belongs to, from its exporter name (``blocks.3``), else ``""``."""
+    found = _BLOCK.search(node_name)
+    return found.group(1) if found else ""
+
+
+def _blocks(nodes: list[dict]) -> list[dict]:
+    """Per block (in model order), the integer method and constants of each nonlinearity in it."""
+    blocks: dict[str, list[dict]] = {}
+    for node in nodes:
+        if "integer_method" in node:
+            blocks.setdefault(block_of(node["name"]), []).append({"node": node["name"], **node["integer_method"]})
+    return [{"block": name or "(outside blocks)", "nonlinear": entries} for name, entries in blocks.items()]
 
 
 def _fused_owner(model: onnx.ModelProto, node: onnx.NodeProto, integer_ops: dict) -> str:

@@ -6,6 +6,10 @@ the model is still partly in QDQ form) float values are also allowed inside *QDQ
 produced by a DequantizeLinear or by a float op whose float inputs are themselves allowed, and consumed only
 by float ops or QuantizeLinear nodes. In staged mode only nodes downstream of a boundary QuantizeLinear are checked (before quantization the
 whole graph is float). In final mode no island may remain.
+
+Integer graph inputs (token ids, attention masks) enter the integer region without a boundary node. Once
+quantization has started (the model holds a QuantizeLinear), staged mode checks the nodes downstream of them
+too; before that, shape subgraphs on them (``Shape(input_ids)``) are still waiting to be folded.
 """
 
 from __future__ import annotations
@@ -60,12 +64,18 @@ def integer_region_problems(model: ir.Model, staged: bool = False) -> list[str]:
 def _downstream_of_boundary(graph: ir.Graph) -> set[ir.Node]:
     """Nodes that depend on a boundary QuantizeLinear: the integer region once quantization has started."""
     reached: set[ir.Node] = set()
+    started = any(node.op_type == "QuantizeLinear" for node in graph)
     for node in graph:  # topological order
         if _is_boundary_quantize(node) or any(
-            v is not None and v.producer() in reached for v in node.inputs
+            v is not None and (v.producer() in reached or (started and _is_integer_input(v))) for v in node.inputs
         ):
             reached.add(node)
     return reached
+
+
+def _is_integer_input(value: ir.Value) -> bool:
+    """A graph input holding integers (or bools): it enters the integer region as it is."""
+    return value.is_graph_input() and value.dtype is not None and not _is_float(value)
 
 
 def _in_island(node: ir.Node) -> bool:

@@ -8,7 +8,12 @@ pure functions of :mod:`~qcompiler.calibration.ranges` turn statistics into ``(r
 
 from __future__ import annotations
 
-from qcompiler.calibration.collect import collect_ranges, model_input_specs
+from qcompiler.calibration.collect import (
+    collect_channel_ranges,
+    collect_ranges,
+    collect_samples,
+    model_input_specs,
+)
 from qcompiler.calibration.observers import HistogramObserver, MinMaxObserver
 from qcompiler.calibration.ranges import (
     METHODS,
@@ -33,7 +38,9 @@ __all__ = [
     "HistogramObserver",
     "MinMaxObserver",
     "calibration_batches",
+    "collect_channel_ranges",
     "collect_ranges",
+    "collect_samples",
     "compute_range",
     "entropy_range",
     "load_samples",

@@ -18,7 +18,7 @@ from qcompiler.calibration.ranges import compute_range, minmax_range, observer_f
 from qcompiler.calibration.sources import InputSpecs, calibration_batches
 from qcompiler.errors import CalibrationError, ModelError
 
-__all__ = ["collect_ranges", "model_input_specs"]
+__all__ = ["collect_ranges", "collect_channel_ranges", "collect_samples", "model_input_specs"]
 
 #: exceptions onnxruntime raises for a model or feed it rejects (its own types derive from Exception only).
 _ORT_ERRORS = (
@@ -71,17 +71,60 @@ def collect_ranges(
             onnxruntime rejects.
     """
     observers = {name: observer_for(method, name) for name in dict.fromkeys(tensor_names)}
-    batches = calibration_batches(source, model_input_specs(model))
-    session = _session(_with_outputs(model, list(observers)))
-    for done, feed in enumerate(batches, start=1):
-        for observer, value in zip(observers.values(), _run(session, feed, done - 1), strict=True):
+    for values in _batches_of(model, list(observers), source, progress):
+        for observer, value in zip(observers.values(), values, strict=True):
             observer.update(value)
-        if progress is not None:
-            progress(done, batches.total)
     return {
         name: minmax_range(obs) if name in unclipped else compute_range(method, obs, dtype, percentile)
         for name, obs in observers.items()
     }
+
+
+def collect_channel_ranges(model: onnx.ModelProto, tensor_names: list[str],
+                           source: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (last axis) minimum and maximum of each float32 tensor over ``source``.
+
+    Raises as :func:`collect_ranges`, and :class:`CalibrationError` on NaN/Inf.
+    """
+    names = list(dict.fromkeys(tensor_names))
+    lows: dict[str, np.ndarray] = {}
+    highs: dict[str, np.ndarray] = {}
+    for values in _batches_of(model, names, source):
+        for name, value in zip(names, values, strict=True):
+            if not np.all(np.isfinite(value)):
+                raise CalibrationError(f"tensor '{name}' has NaN or Inf values on the calibration data")
+            rows = value.reshape(-1, value.shape[-1])
+            low, high = rows.min(axis=0), rows.max(axis=0)
+            lows[name] = np.minimum(lows[name], low) if name in lows else low
+            highs[name] = np.maximum(highs[name], high) if name in highs else high
+    return {name: (lows[name], highs[name]) for name in names}
+
+
+def collect_samples(model: onnx.ModelProto, tensor_names: list[str], source: Any,
+                    max_rows: int = 512) -> dict[str, np.ndarray]:
+    """Up to ``max_rows`` rows (last axis kept whole) of each float32 tensor, from the first batches.
+
+    Used to fit the per-layer constants of integer approximations (Softmax, GELU) to real inputs.
+    """
+    names = list(dict.fromkeys(tensor_names))
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for values in _batches_of(model, names, source):
+        for name, value in zip(names, values, strict=True):
+            rows[name].append(value.reshape(-1, value.shape[-1]))
+        if all(sum(len(r) for r in parts) >= max_rows for parts in rows.values()):
+            break
+    return {name: np.concatenate(parts)[:max_rows] for name, parts in rows.items()}
+
+
+def _batches_of(model: onnx.ModelProto, names: list[str], source: Any,
+                progress: Callable[[int, int], None] | None = None):
+    """The values of tensors ``names`` on each calibration batch, one list per batch."""
+    batches = calibration_batches(source, model_input_specs(model))
+    session = _session(_with_outputs(model, names))
+    for done, feed in enumerate(batches, start=1):
+        yield _run(session, feed, done - 1)
+        if progress is not None:
+            progress(done, batches.total)
 
 
 def model_input_specs(model: onnx.ModelProto) -> InputSpecs:

@@ -48,17 +48,27 @@ def test_one_error_lists_every_problem():
     problems = problems_of(
         calibration_method="kl",
         activation_dtype="int4",
-        weight_bits=4,
+        weight_bits=1,
+        attention_bits=9,
+        softmax="exact",
+        gelu="erf",
         percentile=10.0,
         input_shapes={"input": (0, 3), "other": (1, -2)},
         version=CONFIG_VERSION + 1,
     )
-    expected = ["calibration_method 'kl'", "activation_dtype 'int4'", "weight_bits=4", "percentile=10.0",
+    expected = ["calibration_method 'kl'", "activation_dtype 'int4'", "weight_bits=1", "attention_bits=9",
+                "softmax 'exact'", "gelu 'erf'", "percentile=10.0",
                 "input_shapes['input']", "input_shapes['other']", f"config version {CONFIG_VERSION + 1}"]
     assert len(problems) == len(expected)
     for fragment in expected:
         assert sum(fragment in line for line in problems) == 1, (fragment, problems)
     assert any("minmax, percentile, entropy, mse" in line for line in problems)  # says what would be valid
+    assert any("table, shift, poly" in line for line in problems)
+
+
+def test_reparam_must_be_a_bool():
+    (problem,) = problems_of(reparam=1)
+    assert problem.startswith("reparam must be bool")
 
 
 @pytest.mark.parametrize("percentile", [50.0, 100.5, float("nan")])

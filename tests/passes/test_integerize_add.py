@@ -67,13 +67,14 @@ def test_numerical_within_one_step_of_qdq(graph, dtype):
     )
 
 
-@pytest.mark.parametrize(
-    "build",
-    [
-        lambda: qdq("g (float[2,8] a) => (float[2,8] y) { [add] y = Add (a, k) }", k=weights(2, 8, seed=1)),
-        lambda: model(ADD_RELU),
-    ],
-    ids=["constant-operand", "not-quantized"],
-)
-def test_no_match(build):
-    assert_no_match(IntegerizeAddPass(), build())
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_numerical_constant_operand_is_added_on_the_output_grid(dtype):
+    """A position embedding: ``x + k`` with a float constant ``k`` of the activation's shape."""
+    graph = "g (float[2,8] a) => (float[2,8] y) { [add] y = Add (a, k) }"
+    result, m = integerize(IntegerizeAddPass(), qdq(graph, dtype=dtype, k=weights(2, 8, seed=1)), steps=1,
+                           equal_fraction=0.9)
+    assert result.modified is True and Counter(op_types(m))["Add"] == 1  # the int64 offset
+
+
+def test_no_match_on_a_float_model():
+    assert_no_match(IntegerizeAddPass(), model(ADD_RELU))

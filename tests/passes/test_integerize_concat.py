@@ -48,16 +48,14 @@ def test_numerical_shared_parameters_are_bit_exact():
     assert op_types(m) == ["QuantizeLinear", "QuantizeLinear", "Concat", "DequantizeLinear"]
 
 
-@pytest.mark.parametrize(
-    "build",
-    [
-        lambda: qdq(
-            """g (float[1,2,4,4] a) => (float[1,5,4,4] y) { [cat] y = Concat <axis = 1> (a, k) }""",
-            k=weights(1, 3, 4, 4, seed=1),
-        ),
-        lambda: model(CONCAT),
-    ],
-    ids=["constant-input", "not-quantized"],
-)
-def test_no_match(build):
-    assert_no_match(IntegerizeConcatPass(), build())
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_numerical_constant_input_is_quantized_on_the_output_grid(dtype):
+    """A class token: a float constant concatenated with an activation."""
+    graph = "g (float[1,2,4,4] a) => (float[1,5,4,4] y) { [cat] y = Concat <axis = 1> (k, a) }"
+    result, m = integerize(IntegerizeConcatPass(), qdq(graph, dtype=dtype, k=weights(1, 3, 4, 4, seed=1)), steps=1,
+                           equal_fraction=0.9)
+    assert result.modified is True and only(m, "Concat").outputs[0].dtype != ir.DataType.FLOAT
+
+
+def test_no_match_on_a_float_model():
+    assert_no_match(IntegerizeConcatPass(), model(CONCAT))
