@@ -30,16 +30,18 @@ def emit_isqrt(emit: Emitter, n: ir.Value, axes: ir.Value, steps: int) -> ir.Val
     """``floor(sqrt(n))`` of an int64 ``n`` (``1 <= n < 2**62``, last axis of size 1), as
     :func:`qcompiler.intmath.layer_norm.isqrt` computes it: bit length by ``Less`` against ``2**0..2**62``
     and ``ReduceSum``, the start ``2**ceil(L/2)`` by ``Gather``, then ``steps`` unrolled Newton steps
-    ``x <- Min(x, (x + n / x) / 2)``."""
+    ``x <- Min(x, Max((x + n / x) / 2, 1))``. The ``Max`` never changes a value (``n, x >= 1`` make the step
+    at least 1); it lets a target prove every divisor ``>= 1`` and divide without a zero guard."""
     below = emit.op("Less", [n, emit.const(POWERS_OF_TWO, "powers_of_two")])
     below.type = ir.TensorType(ir.DataType.BOOL)
     count = emit.op("ReduceSum", [emit.cast(below, "int64"), axes], {"keepdims": 1}, dtype="int64")
     x = emit.op("Gather", [emit.const(START_TABLE, "isqrt_start"), count], {"axis": 0}, dtype="int64")
     two = emit.const(np.array(2, np.int64), "two")
+    one = emit.const(np.array(1, np.int64), "one")
     for _ in range(steps):
         quotient = emit.op("Div", [n, x], dtype="int64")
         halved = emit.op("Div", [emit.op("Add", [x, quotient], dtype="int64"), two], dtype="int64")
-        x = emit.op("Min", [x, halved], dtype="int64")
+        x = emit.op("Min", [x, emit.op("Max", [halved, one], dtype="int64")], dtype="int64")
     return x
 
 

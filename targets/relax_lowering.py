@@ -43,11 +43,13 @@ class _Node:
         bb: relax.BlockBuilder,
         env: dict[str, relax.Expr],
         consts: dict[str, np.ndarray],
+        producers: Mapping[str, onnx.NodeProto],
     ):
         self.proto = proto
         self.bb = bb
         self._env = env
         self._consts = consts
+        self._producers = producers
         self.attrs = {a.name: _attr_value(a) for a in proto.attribute}
 
     @property
@@ -88,6 +90,10 @@ class _Node:
         """Attribute value (strings decoded), or ``default`` when absent."""
         return self.attrs.get(name, default)
 
+    def at_least_one(self, i: int) -> bool:
+        """Whether operand ``i`` is provably ``>= 1`` (see :func:`_at_least_one`)."""
+        return _at_least_one(self.proto.input[i], self._consts, self._producers)
+
     def shape(self, i: int) -> list[int]:
         """Static shape of operand ``i``."""
         return _shape(self.arg(i))
@@ -95,6 +101,30 @@ class _Node:
     def emit(self, expr: relax.Expr) -> relax.Var:
         """Bind ``expr`` so that its type (shape) is known."""
         return self.bb.emit(expr)
+
+
+def _at_least_one(name: str, consts: Mapping[str, np.ndarray], producers: Mapping[str, onnx.NodeProto]) -> bool:
+    """Whether every element of value ``name`` is provably ``>= 1``, from the graph alone.
+
+    Proven: constants ``>= 1``; ``Max`` with one such operand; ``Clip`` with such a lower bound; ``Min`` of
+    such operands; ``Gather`` from a constant table ``>= 1``. (Passes emit divisors in these forms, so a
+    division needs no guard against zero.)
+    """
+    if name in consts:
+        return bool(np.all(consts[name] >= 1))
+    node = producers.get(name)
+    if node is None:
+        return False
+    inputs = [i for i in node.input if i]
+    if node.op_type == "Max":
+        return any(_at_least_one(i, consts, producers) for i in inputs)
+    if node.op_type == "Min":
+        return all(_at_least_one(i, consts, producers) for i in inputs)
+    if node.op_type == "Clip":
+        return len(node.input) > 1 and bool(node.input[1]) and _at_least_one(node.input[1], consts, producers)
+    if node.op_type == "Gather":
+        return node.input[0] in consts and bool(np.all(consts[node.input[0]] >= 1))
+    return False
 
 
 def _attr_value(attr: onnx.AttributeProto) -> Any:
@@ -142,8 +172,11 @@ def _trapless_divisor(n: _Node) -> tuple[relax.Expr, relax.Expr | None]:
     x86 division faults (SIGFPE, killing the process) on a zero divisor and on ``min / -1``. onnxruntime
     raises on a zero divisor: a constant zero is rejected here, a computed one yields ``x / 1``, as the graph
     cannot raise mid-kernel. ``min / -1`` wraps to ``min`` in onnxruntime; the caller negates those lanes
-    instead (``-x`` wraps the same way). Constant divisors without 0 or -1 are used as they are.
+    instead (``-x`` wraps the same way). Constant divisors without 0 or -1, and divisors proven ``>= 1``,
+    are used as they are.
     """
+    if not n.is_const(1) and n.at_least_one(1):
+        return n.arg(1), None
     if n.is_const(1):
         divisor = n.const(1)
         if np.any(divisor == 0):
@@ -397,10 +430,14 @@ def _unsqueeze(n: _Node) -> relax.Expr:
 
 
 def _gather(n: _Node) -> relax.Expr:
-    """Gather; negative constant indices are normalized here, computed indices must be non-negative."""
+    """Gather; negative constant indices are normalized here, computed indices must be non-negative.
+
+    Computed indices (token ids from a model input) are clamped into range rather than read out of bounds:
+    onnxruntime refuses an out-of-range id, a compiled kernel cannot raise, and must not read past the table.
+    """
     axis = _axis(n.attr("axis", 0), len(n.shape(0)))
     if not n.is_const(1):
-        return R.take(n.arg(0), n.arg(1), axis=axis)
+        return R.take(n.arg(0), n.arg(1), axis=axis, mode="clip")
     indices = n.const(1)
     return R.take(n.arg(0), _const(np.where(indices < 0, indices + n.shape(0)[axis], indices)), axis=axis)
 
@@ -611,11 +648,12 @@ def lower(region: onnx.ModelProto, kernels: Mapping | None = None) -> tvm.IRModu
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     env: dict[str, relax.Expr] = {v.name: _input_var(v) for v in graph.input if v.name not in consts}
     params = list(env.values())
+    producers = {out: proto for proto in graph.node for out in proto.output}
     bb = relax.BlockBuilder()
     with bb.function("main", params):
         with bb.dataflow():
             for proto in graph.node:
-                node = _Node(proto, bb, env, consts)
+                node = _Node(proto, bb, env, consts, producers)
                 env.update(zip(proto.output, _convert(node, converters), strict=True))
             outputs = [env[v.name] if v.name in env else _const(consts[v.name]) for v in graph.output]
             result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))

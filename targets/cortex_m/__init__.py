@@ -54,6 +54,12 @@ class Board:
     machine: str
     flash: tuple[int, int]  # (origin, bytes): code, constants, .data image
     ram: tuple[int, int]  # (origin, bytes): stack, .data, .bss (arena)
+    constants: tuple[int, int] | None = None  # (origin, bytes): a separate flash for .rodata (weights)
+
+    @property
+    def flash_bytes(self) -> int:
+        """All flash: the code flash plus the constants flash, if any."""
+        return self.flash[1] + (self.constants[1] if self.constants else 0)
 
 
 #: target name -> board. Flash and RAM are what the qemu machine maps at those addresses.
@@ -66,10 +72,11 @@ BOARDS = {
         "cortex-m7", "thumbv7em-none-eabihf", "-mcpu=cortex-m7 -mthumb -mfloat-abi=hard -mfpu=fpv5-d16",
         "mps2-an500", (0x00000000, 4 * _MB), (0x20000000, 4 * _MB),
     ),
-    # SSE-300: ITCM (512 KB) holds the code, DTCM (512 KB) the data; the FPU/MVE is enabled at reset.
+    # SSE-300: ITCM (512 KB) holds the code, DTCM (512 KB) the data, the 8 MB QSPI flash the weights; the
+    # FPU/MVE is enabled at reset.
     "cortex-m55": Board(
         "cortex-m55", "thumbv8.1m.main-none-eabihf", "-mcpu=cortex-m55 -mthumb -mfloat-abi=hard",
-        "mps3-an547", (0x00000000, 512 * _KB), (0x20000000, 512 * _KB),
+        "mps3-an547", (0x00000000, 512 * _KB), (0x20000000, 512 * _KB), (0x28000000, 8 * _MB),
     ),
 }  # fmt: skip
 
@@ -223,7 +230,7 @@ class CortexMTarget(Target):
             "weights.c": _emit.weights_c(graph),
             "main.c": _harness.main_c(inputs, outputs),
             "startup.c": _harness.startup_c(),
-            "board.ld": _harness.linker_script(self.board.flash, self.board.ram),
+            "board.ld": _harness.linker_script(self.board.flash, self.board.ram, self.board.constants),
             "Makefile": _harness.makefile(self.board.cpu, self.board.cpu_flags),
         }
         for name, text in files.items():
@@ -244,7 +251,7 @@ class CortexMTarget(Target):
         except TargetError as err:
             if "overflowed" not in str(err):
                 raise
-            flash, ram = self.board.flash[1], self.board.ram[1]
+            flash, ram = self.board.flash_bytes, self.board.ram[1]
             overflow = [line.split("ld: ")[-1] for line in str(err).splitlines() if "overflowed" in line]
             raise TargetError(
                 f"{self.name}: the model does not fit the {self.board.machine} board ({flash} bytes of flash, "
@@ -256,7 +263,7 @@ class CortexMTarget(Target):
         if floats:
             raise TargetError(f"cortex-m: the compiled model uses floating point: {', '.join(floats[:10])}")
         sections = _toolchain.section_sizes(directory / ELF)
-        flash = sections.get(".text", 0) + sections.get(".ARM.exidx", 0) + sections.get(".data", 0)
+        flash = sum(sections.get(name, 0) for name in (".text", ".rodata", ".ARM.exidx", ".data"))
         ram = sections.get(".stack", 0) + sections.get(".data", 0) + sections.get(".bss", 0)
         return {"measured": True, "flash_bytes": flash, "ram_bytes": ram, "stack_bytes": stack,
                 "sections": sections}  # fmt: skip
@@ -272,7 +279,7 @@ class CortexMTarget(Target):
         problems = []
         for what, used, limit, board in (
             ("RAM", ram, self.ram_limit, self.board.ram[1]),
-            ("flash", flash, self.flash_limit, self.board.flash[1]),
+            ("flash", flash, self.flash_limit, self.board.flash_bytes),
         ):
             cap = min(limit or board, board)
             if used > cap:

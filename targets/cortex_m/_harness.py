@@ -157,13 +157,18 @@ int main(void) {{
 """
 
 
-def linker_script(flash: tuple[int, int], ram: tuple[int, int]) -> str:
-    """Code, constants and the .data image in flash; stack (lowest), .data and .bss (with the arena) in RAM."""
+def linker_script(flash: tuple[int, int], ram: tuple[int, int], constants: tuple[int, int] | None = None) -> str:
+    """Code, constants and the .data image in flash; stack (lowest), .data and .bss (with the arena) in RAM.
+
+    A board with a separate ``constants`` flash gets ``.rodata`` (the weights) there instead.
+    """
+    rodata = "CONST" if constants else "FLASH"
+    const_region = f"\n  CONST (r)   : ORIGIN = 0x{constants[0]:08X}, LENGTH = {constants[1]}" if constants else ""
     return f"""/* qc: memory layout of the board (generated). */
 MEMORY
 {{
   FLASH (rx)  : ORIGIN = 0x{flash[0]:08X}, LENGTH = {flash[1]}
-  RAM   (rwx) : ORIGIN = 0x{ram[0]:08X}, LENGTH = {ram[1]}
+  RAM   (rwx) : ORIGIN = 0x{ram[0]:08X}, LENGTH = {ram[1]}{const_region}
 }}
 
 /* __stack_size: bytes, from the Makefile (-Wl,--defsym=__stack_size=...) */
@@ -175,9 +180,13 @@ SECTIONS
   {{
     KEEP(*(.vectors))
     *(.text*)
-    *(.rodata*)
     . = ALIGN(16);
   }} > FLASH
+  .rodata :
+  {{
+    *(.rodata*)
+    . = ALIGN(16);
+  }} > {rodata}
   .ARM.exidx : {{ *(.ARM.exidx*) }} > FLASH
   .stack (NOLOAD) :
   {{

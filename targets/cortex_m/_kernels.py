@@ -15,8 +15,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic.pipeline import legalize_passes
 from tvm.s_tir import Schedule
-from tvm.s_tir.dlight import try_inline
 from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.schedule import ScheduleError
 
 from qcompiler.errors import TargetError
 
@@ -48,13 +48,45 @@ def fuse(module: tvm.IRModule) -> tvm.IRModule:
     return module
 
 
+#: blocks writing fewer elements are not inlined: their intermediates cost little RAM, and the long per-row
+#: chains of an integer LayerNorm (Newton steps on [rows, 1]) would take minutes of failed inlining trials.
+MIN_INLINED_ELEMENTS = 64
+
+
 def _inline_elementwise(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Inline every block that TIR can inline (pads, casts, requantize steps); reductions stay."""
+    """Inline every block that TIR can inline (pads, casts, requantize steps); reductions stay.
+
+    Only blocks writing at least :data:`MIN_INLINED_ELEMENTS` elements are tried. Sweeps them from last to
+    first (a producer is inlined into consumers already final), then reverse-inlines forward, and repeats
+    while a sweep inlines anything: linear in the number of blocks for element-wise chains, where retrying
+    from the first block after every success (dlight's ``try_inline``) is quadratic, and each failed trial
+    renders the whole function into its error message.
+    """
     sch = Schedule(func)
     blocks = normalize_prim_func(sch)
-    if blocks is not None:
-        try_inline(sch, blocks)
+    if blocks is None:
+        return sch.mod["main"]
+    remaining = [b.block_rv for b in blocks if _written_elements(sch, b.block_rv) >= MIN_INLINED_ELEMENTS]
+    progress = True
+    while progress:
+        progress = False
+        for inline, order in ((sch.compute_inline, reversed), (sch.reverse_compute_inline, list)):
+            for block in order(list(remaining)):
+                try:
+                    inline(block)
+                except (ScheduleError, tvm.error.InternalError):  # not inlinable (TVM raises either)
+                    continue
+                remaining.remove(block)
+                progress = True
     return sch.mod["main"]
+
+
+def _written_elements(sch: Schedule, block) -> int:
+    """Elements a block writes: the product of its iteration domain (the block is element-wise here)."""
+    size = 1
+    for iter_var in sch.get(block).iter_vars:
+        size *= int(iter_var.dom.extent)
+    return size
 
 
 class KernelSource:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime
 import pytest
@@ -61,15 +62,19 @@ def test_bert_bit_exact(bert_artifact):
 
 @pytest.mark.slow
 def test_bert_cosine_to_float(bert_artifact, bert_data):
-    """Mean cosine similarity between integer and float embeddings >= 0.99 on 64 mixed-padding inputs."""
+    """Mean cosine similarity between integer and float embeddings >= 0.99 on 64 mixed-padding inputs.
+
+    The integer embeddings come from ``model.int.onnx`` in onnxruntime (faster than the untuned module here),
+    which the compiled module matches bit for bit (``test_bert_bit_exact``)."""
     data = export.bert_inputs(64, seed=2)
-    session = onnxruntime.InferenceSession(bert_artifact.quantized.float_model.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-    module = bert_artifact.module()
+    float_session, int_session = (
+        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        for model in (onnx.load(export.ensure_model("bert")), bert_artifact.quantized.int_model)
+    )
     cosines = []
     for feed in _feeds(data, range(64)):
-        want = session.run(None, feed)[0].reshape(-1)
-        got = module.run(feed)["embedding"].reshape(-1)
+        want = float_session.run(None, feed)[0].reshape(-1)
+        got = int_session.run(None, feed)[0].reshape(-1)
         cosines.append(float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want) + 1e-12)))
     assert np.mean(cosines) >= 0.99, (np.mean(cosines), np.min(cosines))
 

@@ -17,6 +17,7 @@ from qcompiler.targets import Target, get_target, relax_lowering
 from qcompiler.targets import _cross as cross
 from qcompiler.targets.aarch64 import Aarch64Target, emulation_problems, ensure_aarch64_runtime, load_emulated
 from qcompiler.targets.aarch64._kernels import pack_weight
+from tests.e2e.zoo import REPO
 
 _PROBLEMS = emulation_problems()
 needs_emulation = pytest.mark.skipif(bool(_PROBLEMS), reason="; ".join(_PROBLEMS) or "ok")
@@ -227,3 +228,49 @@ def test_tiny_cnn_is_bit_exact_under_qemu(tmp_path, runtime):
     for feed in feeds:
         ints = module.quantize_inputs(feed)
         assert_same(list(module.run_integer(ints).values()), reference.run(None, ints))
+
+
+def _assert_emulated_bit_exact(artifact, directory, feeds) -> int:
+    """Save ``artifact``, run it under qemu-aarch64 on ``feeds`` against onnxruntime; return the sdot count."""
+    import qcompiler
+
+    artifact.save(directory)
+    module = qcompiler.load(directory, emulate=True)
+    reference = module.reference_session()
+    for feed in feeds:
+        ints = module.quantize_inputs(feed)
+        assert_same(list(module.run_integer(ints).values()), reference.run(None, ints))
+    return sdot_count(directory / "model.so")
+
+
+@needs_emulation
+@pytest.mark.slow
+def test_fashion_vit_is_bit_exact_under_qemu(tmp_path, runtime):
+    """The transformer: integer LayerNorm, Softmax, GELU and attention, with sdot in the linear layers."""
+    import qcompiler
+
+    data = pytest.importorskip("examples.fashion_mnist.data")
+    if not data.DATA_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST not installed at {data.DATA_DIR}")
+    data.write_calibration_npz(tmp_path / "calib.npz", n=64)
+    artifact = qcompiler.compile(REPO / "examples" / "fashion_mnist" / "vit.onnx", target="aarch64", calibration=tmp_path / "calib.npz",
+                                 input_shapes={"input": (1, 1, 28, 28)})
+    images, _ = data.load_split("test")
+    feeds = [{"input": data.preprocess(images[[i]])} for i in (0, 4321)]
+    assert _assert_emulated_bit_exact(artifact, tmp_path / "artifact", feeds) > 0
+
+
+@needs_emulation
+@pytest.mark.slow
+def test_bert_encoder_is_bit_exact_under_qemu(tmp_path, runtime):
+    """The BERT sentence encoder (mask, embeddings, 6 layers, mean pooling, L2 normalization)."""
+    import qcompiler
+
+    pytest.importorskip("transformers", reason="pip install transformers==5.23.0")
+    export = pytest.importorskip("examples.transformers.export")
+    shapes = {"input_ids": (1, export.SEQ_LEN), "attention_mask": (1, export.SEQ_LEN)}
+    artifact = qcompiler.compile(export.ensure_model("bert"), target="aarch64",
+                                 calibration=export.bert_inputs(16, seed=0), input_shapes=shapes)
+    held_out = export.bert_inputs(2, seed=1)
+    feeds = [{k: v[i:i + 1] for k, v in held_out.items()} for i in range(2)]
+    assert _assert_emulated_bit_exact(artifact, tmp_path / "artifact", feeds) > 0

@@ -171,18 +171,28 @@ def tiny_region(tiny_quantized):
     return tiny_quantized[0].region()
 
 
-@pytest.fixture(scope="module")
-def fashion_quantized(tmp_path_factory):
+def _fashion_quantized(folder: Path, model_file: str):
+    """A bundled Fashion-MNIST model quantized for batch 1, with two test images as integer feeds."""
     data = pytest.importorskip("examples.fashion_mnist.data")
     if not data.DATA_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {data.DATA_DIR}: apt-get install dataset-fashion-mnist")
-    calibration = tmp_path_factory.mktemp("fashion") / "calib.npz"
+    calibration = folder / "calib.npz"
     data.write_calibration_npz(calibration, n=128)
-    model = REPO / "examples" / "fashion_mnist" / "cnn.onnx"
+    model = REPO / "examples" / "fashion_mnist" / model_file
     quantized = quantize_model(model, calibration, CompileConfig(input_shapes={"input": (1, 1, 28, 28)}))
     images, _ = data.load_split("test")
     samples = data.preprocess(images[[0, 4321]])[:, None]
     return quantized, _integer_feeds(quantized.int_model, samples)
+
+
+@pytest.fixture(scope="module")
+def fashion_quantized(tmp_path_factory):
+    return _fashion_quantized(tmp_path_factory.mktemp("fashion"), "cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def fashion_vit_quantized(tmp_path_factory):
+    return _fashion_quantized(tmp_path_factory.mktemp("fashion_vit"), "vit.onnx")
 
 
 def _integer_feeds(int_model: onnx.ModelProto, samples: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -239,6 +249,15 @@ def test_tiny_cnn_bit_exact_under_qemu(name, tiny_quantized, tmp_path, record_pr
 @pytest.mark.parametrize("name", BOARD_NAMES)
 def test_fashion_mnist_cnn_bit_exact_under_qemu(name, fashion_quantized, tmp_path, record_property):
     quantized, feeds = fashion_quantized
+    _record(record_property, _compile_and_compare(name, quantized, feeds, tmp_path))
+
+
+@needs_tools
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BOARD_NAMES)
+def test_fashion_mnist_vit_bit_exact_under_qemu(name, fashion_vit_quantized, tmp_path, record_property):
+    """The transformer (integer LayerNorm, Softmax, GELU, attention) on each board, inside 2 MB / 512 KB."""
+    quantized, feeds = fashion_vit_quantized
     _record(record_property, _compile_and_compare(name, quantized, feeds, tmp_path))
 
 

@@ -245,6 +245,14 @@ def compile_model(name: str, folder) -> qcompiler.Artifact:
     elif name == "light_squeezenet":
         path, shapes = LIGHT_DIR / "light_squeezenet.onnx", {}
         calibration = random_calibration(onnx.load(str(path)), samples=4)
+    elif name in ("bert", "deit_tiny"):
+        pytest.importorskip("transformers", reason="pip install transformers==5.23.0")
+        export = pytest.importorskip("examples.transformers.export")
+        if name == "bert":
+            path, calibration = export.ensure_model("bert"), export.bert_inputs(8, seed=0)
+            shapes = {"input_ids": (1, export.SEQ_LEN), "attention_mask": (1, export.SEQ_LEN)}
+        else:
+            path, calibration, shapes = export.ensure_model("vit"), {"pixel_values": export.vit_images(4)}, {}
     else:
         fashion = pytest.importorskip("examples.fashion_mnist.data")
         if not fashion.DATA_DIR.is_dir():
@@ -252,15 +260,18 @@ def compile_model(name: str, folder) -> qcompiler.Artifact:
                 f"Fashion-MNIST not installed at {fashion.DATA_DIR}: apt-get install dataset-fashion-mnist"
             )
         fashion.write_calibration_npz(folder / "fashion.npz", n=64)
-        path, calibration = REPO / "examples" / "fashion_mnist" / "cnn.onnx", folder / "fashion.npz"
+        model_file = "vit.onnx" if name == "fashion_vit" else "cnn.onnx"
+        path, calibration = REPO / "examples" / "fashion_mnist" / model_file, folder / "fashion.npz"
         shapes = {"input": (1, 1, 28, 28)}
     return qcompiler.compile(path, target="cuda", calibration=calibration, input_shapes=shapes)
 
 
-MODELS = ["tiny_cnn", "light_squeezenet", "fashion_cnn"]
+MODELS = ["tiny_cnn", "light_squeezenet", "fashion_cnn", "fashion_vit"]
+#: transformers with integer inputs or a long build: compiled and checked here, run by benchmarks/cuda_check.py.
+LARGE_MODELS = ["bert", "deit_tiny"]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [*MODELS, *(pytest.param(m, marks=pytest.mark.slow) for m in LARGE_MODELS)])
 def test_model_compiles_to_integer_only_cuda_and_ptx(name, tmp_path, record_property):
     """The library and model.cu are built here; neither the CUDA C nor nvcc's PTX holds a float, and the
     PTX does its multiply-accumulates with integer dp4a / mad instructions."""

@@ -154,6 +154,21 @@ def shifts():
     return nodes, inputs, ["left32", "right32", "left64", "right64", "right_computed"], inits
 
 
+def proven_positive_divisors():
+    """Divisors proven >= 1 by their producer (Max / Clip / Min / Gather from a table >= 1): no zero guard."""
+    nodes = [
+        node("Max", ["d", "one"], ["d_max"]),
+        node("Clip", ["d", "one"], ["d_clip"]),
+        node("Min", ["d_max", "d_clip"], ["d_min"]),
+        node("Cast", ["u8"], ["index"], to=6),
+        node("Gather", ["table", "index"], ["d_table"], axis=0),
+        *(node("Div", ["x", d], [f"q_{d}"]) for d in ("d_max", "d_clip", "d_min", "d_table")),
+    ]
+    inits = {"one": np.array(1, np.int32), "table": np.arange(1, 257, dtype=np.int32) * 7}
+    inputs = {"x": (I32, (4, 6)), "d": (I32, (4, 6)), "u8": (U8, (4, 6))}
+    return nodes, inputs, [f"q_{d}" for d in ("d_max", "d_clip", "d_min", "d_table")], inits
+
+
 def lookup_tables():
     """Per-tensor int8 table (offset 128) and per-channel int32 tables (offsets pick the channel's table)."""
     nodes = [
@@ -376,6 +391,7 @@ CASES = {
     "splits": splits(),
     "lookup_tables": lookup_tables(),
     "shifts": shifts(),
+    "proven_positive_divisors": proven_positive_divisors(),
     "requantize_per_channel_edges": requantize_edges(),
 }
 
@@ -400,3 +416,14 @@ def test_pow_by_constant_exponents(tmp_path):
         assert_bit_exact(
             model, module, {"x": rng.integers(low, high, size=(4, 6), endpoint=True, dtype=np.int32)}
         )
+
+
+def test_divisors_proven_positive_need_no_zero_guard():
+    """The guard (``equal`` / ``where`` around the divisor) is emitted only where a zero could reach it."""
+    from qcompiler.targets.relax_lowering import lower
+
+    nodes, inputs, outputs, inits = proven_positive_divisors()
+    guarded = [node("Div", ["x", "d"], ["q_raw"])]
+    proven = str(lower(region(nodes, inputs, outputs, inits)))
+    raw = str(lower(region(guarded, {"x": (I32, (4, 6)), "d": (I32, (4, 6))}, ["q_raw"])))
+    assert "R.equal" not in proven and "R.equal" in raw
