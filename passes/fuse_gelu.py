@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from qcompiler.ir import const_array, single_consumer
 from qcompiler.pass_infra import PassResult, QcPass
+from qcompiler.passes._match import other_input, replace_with
 
 _RTOL = 1e-4
 
@@ -38,16 +39,6 @@ def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
         return None
     return node if single_consumer(node.outputs[0]) is not None else None
-
-
-def _other(node: ir.Node, value: ir.Value) -> ir.Value | None:
-    """The other input of a binary ``node`` that reads ``value`` (``None`` if it does not, or reads it twice)."""
-    a, b = (list(node.inputs) + [None, None])[:2]
-    if a is value and b is not value:
-        return b
-    if b is value and a is not value:
-        return a
-    return None
 
 
 def _scaled_by(value: ir.Value | None, op_type: str, factor: float) -> tuple[ir.Node, ir.Value] | None:
@@ -73,15 +64,15 @@ def _half_product(x: ir.Value, one_plus: ir.Node) -> list[ir.Node] | None:
     first = _single_use(one_plus.outputs[0], "Mul")
     if first is None:
         return None
-    other = _other(first, one_plus.outputs[0])
+    other = other_input(first, one_plus.outputs[0])
     if other is x:  # (x * s) * 0.5
         second = _single_use(first.outputs[0], "Mul")
-        if second is not None and _is_const(_other(second, first.outputs[0]), 0.5):
+        if second is not None and _is_const(other_input(second, first.outputs[0]), 0.5):
             return [first, second]
         return None
     if _is_const(other, 0.5):  # (s * 0.5) * x
         second = _single_use(first.outputs[0], "Mul")
-        if second is not None and _other(second, first.outputs[0]) is x:
+        if second is not None and other_input(second, first.outputs[0]) is x:
             return [first, second]
         return None
     halved = _scaled_by(other, "Mul", 0.5)  # (x * 0.5) * s
@@ -92,7 +83,7 @@ def _half_product(x: ir.Value, one_plus: ir.Node) -> list[ir.Node] | None:
 
 def _one_plus(value: ir.Value) -> ir.Node | None:
     node = _single_use(value, "Add")
-    return node if node is not None and _is_const(_other(node, value), 1.0) else None
+    return node if node is not None and _is_const(other_input(node, value), 1.0) else None
 
 
 def _match_erf(erf: ir.Node) -> tuple[ir.Value, list[ir.Node]] | None:
@@ -157,15 +148,6 @@ class FuseGeluPass(QcPass):
             x, nodes = found
             last = nodes[-1]
             attributes = {"approximate": "tanh"} if node.op_type == "Tanh" else {}
-            gelu = ir.node("Gelu", [x], attributes, name=last.name)
-            graph.insert_before(last, [gelu])
-            old = last.outputs[0]
-            result = gelu.outputs[0]
-            result.shape, result.type = old.shape, old.type
-            old.replace_all_uses_with(result, replace_graph_outputs=True)
-            name = old.name
-            for dead in reversed(nodes):
-                graph.remove(dead, safe=True)
-            result.name = name
+            replace_with(graph, nodes, ir.node("Gelu", [x], attributes, name=last.name))
             modified = True
         return PassResult(model, modified)

