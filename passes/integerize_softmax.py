@@ -103,7 +103,8 @@ def _sample_codes(match: SoftmaxMatch, sample: np.ndarray) -> tuple[np.ndarray, 
     if match.where is not None:
         fill = float(const_array(match.where.inputs[2]).reshape(-1)[0])
         keep = (sample > fill / 2).reshape(-1, match.row)
-    codes = np.clip(quantize(sample, x.s, x.zp, x.dtype).astype(np.int32), x.qmin, x.qmax).reshape(-1, match.row)
+    bounded = np.clip(sample, x.s * (x.qmin - x.zp), x.s * (x.qmax - x.zp))  # masked fills would overflow
+    codes = np.clip(quantize(bounded, x.s, x.zp, x.dtype).astype(np.int32), x.qmin, x.qmax).reshape(-1, match.row)
     rows = np.unique(np.linspace(0, codes.shape[0] - 1, min(codes.shape[0], MAX_SAMPLE_ROWS)).astype(np.int64))
     return codes[rows], None if keep is None else keep[rows]
 

@@ -35,7 +35,8 @@ class CompileConfig:
         percentile: the percentile used by ``calibration_method="percentile"``.
         activation_dtype: ``"uint8"`` (asymmetric, default) or ``"int8"`` per-tensor activations.
         weight_bits: bits of the per-channel symmetric weights (2..8).
-        activation_bits: bits of the activations (2..8; model inputs stay 8-bit).
+        activation_bits: bits of the activations that feed linear layers and matmuls (2..8; the residual
+            stream, LayerNorm/Softmax inputs and model inputs and outputs stay 8-bit).
         attention_bits: bits of post-Softmax activations (uniform steps, or log2 / log-sqrt2 codes).
         softmax: integer Softmax method, one of ``nonlinear.SOFTMAX_METHODS``.
         softmax_quant: post-Softmax quantizer, one of ``nonlinear.SOFTMAX_QUANTIZERS``.

