@@ -19,7 +19,7 @@ from qcompiler.artifact import FORMAT, MANIFEST, atomic_directory, check_hashes,
 from qcompiler.config import CompileConfig
 from qcompiler.driver import Progress, QuantizedModel, quantize_model, weight_bytes
 from qcompiler.errors import QcError
-from qcompiler.model_io import boundary, integer_region, is_integer_entry
+from qcompiler.model_io import boundary, integer_region, is_integer_entry, require_model_file
 from qcompiler.qmath import dequantize, quantize
 from qcompiler.report import build_report
 from qcompiler.targets import CompiledModule, get_target
@@ -96,6 +96,7 @@ def compile(model, target: str | None = None, calibration=None, config: CompileC
     if target is not None:
         options["target"] = target
     config = config.replace(**options) if options else config
+    require_model_file(model)  # before get_target, which loads TVM (seconds)
     chosen = get_target(config.target, **config.target_options)
     quantized = quantize_model(model, calibration, config, chosen.requant_mantissa_bits, progress)
     build_dir = Path(_scratch_dir())

@@ -88,6 +88,9 @@ def compile(
 ) -> None:
     """Quantize MODEL with calibration data and compile it into an artifact directory."""
     import qcompiler
+    from qcompiler.model_io import require_model_file
+
+    require_model_file(model)  # before anything loads TVM
 
     base = CompileConfig.load(config) if config else CompileConfig()
     settings = base.replace(

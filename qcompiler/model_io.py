@@ -14,14 +14,19 @@ from qcompiler.errors import ModelError
 __all__ = ["load_float_model", "integer_region", "boundary", "is_integer_entry"]
 
 
+def require_model_file(source: str | Path | onnx.ModelProto) -> None:
+    """Refuse a model path that is not a file (cheap: callers check before loading TVM or calibrating)."""
+    if not isinstance(source, onnx.ModelProto) and not Path(source).is_file():
+        raise ModelError(f"model file not found: {source}")
+
+
 def load_float_model(source: str | Path | onnx.ModelProto) -> ir.Model:
     """Load and check an ONNX model; malformed, truncated or non-finite models raise :class:`ModelError`."""
     if isinstance(source, onnx.ModelProto):
         proto = source
     else:
+        require_model_file(source)
         path = Path(source)
-        if not path.is_file():
-            raise ModelError(f"model file not found: {path}")
         try:
             proto = onnx.load(str(path))
         except Exception as error:  # protobuf raises DecodeError, but truncated files raise others too
