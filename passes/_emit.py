@@ -10,7 +10,8 @@ from qcompiler.ir import constant, fresh_name
 from qcompiler.pass_infra import QcPass
 from qcompiler.qmath import DTYPE_RANGES, dyadic
 
-_IR_TYPES = {"uint8": ir.DataType.UINT8, "int8": ir.DataType.INT8, "int32": ir.DataType.INT32, "int64": ir.DataType.INT64}
+_IR_TYPES = {"bool": ir.DataType.BOOL, "uint8": ir.DataType.UINT8, "int8": ir.DataType.INT8,
+             "int32": ir.DataType.INT32, "int64": ir.DataType.INT64}
 
 
 class RequantizingPass(QcPass):

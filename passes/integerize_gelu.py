@@ -146,7 +146,7 @@ def _emit_shift(emit: Emitter, xi: ir.Value, c: dict) -> ir.Value:
     exp = emit.op("ShiftLeft", [e, emit.op("Sub", [_i32(emit, n, "n"), q], dtype="int32")], domain=DOMAIN,
                   dtype="int32")
     one = _i32(emit, -x0 << n, "exp_zero")
-    negative = emit.op("Less", [xi, _i32(emit, 0, "zero")])
+    negative = emit.op("Less", [xi, _i32(emit, 0, "zero")], dtype="bool")
     numerator = emit.op("Where", [negative, exp, one], dtype="int32")
     denominator = emit.op("Add", [exp, one], dtype="int32")
     scaled = emit.op("ShiftLeft", [emit.cast(numerator, "int64"), _i64(emit, ref.SIGMOID_BITS, "sigmoid_bits")],

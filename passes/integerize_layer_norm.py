@@ -32,8 +32,7 @@ def emit_isqrt(emit: Emitter, n: ir.Value, axes: ir.Value, steps: int) -> ir.Val
     and ``ReduceSum``, the start ``2**ceil(L/2)`` by ``Gather``, then ``steps`` unrolled Newton steps
     ``x <- Min(x, Max((x + n / x) / 2, 1))``. The ``Max`` never changes a value (``n, x >= 1`` make the step
     at least 1); it lets a target prove every divisor ``>= 1`` and divide without a zero guard."""
-    below = emit.op("Less", [n, emit.const(POWERS_OF_TWO, "powers_of_two")])
-    below.type = ir.TensorType(ir.DataType.BOOL)
+    below = emit.op("Less", [n, emit.const(POWERS_OF_TWO, "powers_of_two")], dtype="bool")
     count = emit.op("ReduceSum", [emit.cast(below, "int64"), axes], {"keepdims": 1}, dtype="int64")
     x = emit.op("Gather", [emit.const(START_TABLE, "isqrt_start"), count], {"axis": 0}, dtype="int64")
     two = emit.const(np.array(2, np.int64), "two")

@@ -94,8 +94,7 @@ class IntegerizeLogAttentionPass(RequantizingPass):
         """int32 log codes ``sum_j [A < T_j]`` of the fixed-point probabilities."""
         thresholds = (ref.log2_thresholds if self.quantizer == "log2" else ref.log_sqrt2_thresholds)(self.bits)
         wide = emit.op("Unsqueeze", [a, emit.const(np.array([-1], np.int64), "last")], dtype="int64")
-        below = emit.op("Less", [wide, emit.const(thresholds, "thresholds")])
-        below.type = ir.TensorType(ir.DataType.BOOL)
+        below = emit.op("Less", [wide, emit.const(thresholds, "thresholds")], dtype="bool")
         return emit.op("ReduceSum", [emit.cast(below, "int32"), emit.const(np.array([-1], np.int64), "axes")],
                        {"keepdims": 0}, dtype="int32")
 
@@ -116,13 +115,13 @@ class IntegerizeLogAttentionPass(RequantizingPass):
             emit.op("Unsqueeze", [vc, emit.const(np.array([-3], np.int64), "key_axis")], dtype="int32"),
             emit.op("Unsqueeze", [shift, last], dtype="int32"),
         ], domain=DOMAIN, dtype="int32")
-        live = self._bool(emit.op("Less", [codes, i32(live_limit, "live_limit")]))
+        live = emit.op("Less", [codes, i32(live_limit, "live_limit")], dtype="bool")
         key = emit.const(np.array([-2], np.int64), "key")
         if not sqrt2:
             return self._sum(emit, live, shifted, last, key), 0
-        odd = self._bool(emit.op("Equal", [emit.op("Mod", [codes, i32(2, "two")], dtype="int32"), i32(1, "one")]))
-        even_live = self._bool(emit.op("And", [live, self._bool(emit.op("Not", [odd]))]))
-        odd_live = self._bool(emit.op("And", [live, odd]))
+        odd = emit.op("Equal", [emit.op("Mod", [codes, i32(2, "two")], dtype="int32"), i32(1, "one")], dtype="bool")
+        even_live = emit.op("And", [live, emit.op("Not", [odd], dtype="bool")], dtype="bool")
+        odd_live = emit.op("And", [live, odd], dtype="bool")
         even = emit.cast(self._sum(emit, even_live, shifted, last, key), "int64")
         odd_sum = emit.cast(self._sum(emit, odd_live, shifted, last, key), "int64")
         root = int(round(math.sqrt(2.0) * 2**SQRT2_BITS))
@@ -133,13 +132,8 @@ class IntegerizeLogAttentionPass(RequantizingPass):
         return total, SQRT2_BITS
 
     @staticmethod
-    def _bool(value: ir.Value) -> ir.Value:
-        value.type = ir.TensorType(ir.DataType.BOOL)
-        return value
-
-    @staticmethod
     def _sum(emit: Emitter, live: ir.Value, shifted: ir.Value, last: ir.Value, key: ir.Value) -> ir.Value:
-        mask = IntegerizeLogAttentionPass._bool(emit.op("Unsqueeze", [live, last]))
+        mask = emit.op("Unsqueeze", [live, last], dtype="bool")
         terms = emit.op("Where", [mask, shifted, emit.const(np.array(0, np.int32), "zero")], dtype="int32")
         return emit.op("ReduceSum", [terms, key], {"keepdims": 0}, dtype="int32")
 
