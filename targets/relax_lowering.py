@@ -175,7 +175,7 @@ def _trapless_divisor(n: _Node) -> tuple[relax.Expr, relax.Expr | None]:
     instead (``-x`` wraps the same way). Constant divisors without 0 or -1, and divisors proven ``>= 1``,
     are used as they are.
     """
-    if not n.is_const(1) and n.at_least_one(1):
+    if n.at_least_one(1):
         return n.arg(1), None
     if n.is_const(1):
         divisor = n.const(1)
