@@ -44,13 +44,17 @@ class _Node:
         env: dict[str, relax.Expr],
         consts: dict[str, np.ndarray],
         producers: Mapping[str, onnx.NodeProto],
+        consumers: Mapping[str, list[onnx.NodeProto]] | None = None,
     ):
         self.proto = proto
         self.bb = bb
         self._env = env
         self._consts = consts
         self._producers = producers
+        self._consumers = consumers or {}
         self.attrs = {a.name: _attr_value(a) for a in proto.attribute}
+        #: nodes after this one that the converter computed too (see :meth:`absorb`)
+        self.absorbed: list[onnx.NodeProto] = []
 
     @property
     def label(self) -> str:
@@ -101,6 +105,22 @@ class _Node:
     def emit(self, expr: relax.Expr) -> relax.Var:
         """Bind ``expr`` so that its type (shape) is known."""
         return self.bb.emit(expr)
+
+    def sole_consumer(self) -> onnx.NodeProto | None:
+        """The one node reading the last output computed so far (this node's, or the last absorbed one's),
+        or None when several nodes (or none) read it or it is a graph output."""
+        last = (self.absorbed or [self.proto])[-1]
+        users = self._consumers.get(last.output[0], [])
+        return users[0] if len(last.output) == 1 and len(users) == 1 else None
+
+    def absorb(self, node: onnx.NodeProto) -> None:
+        """Declare that the converter's result is ``node``'s output: ``node`` (the sole consumer of the last
+        output so far, all other operands initializers) is computed by this converter and not lowered again."""
+        self.absorbed.append(node)
+
+    def const_operand(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
+        """Operand ``i`` of another node as a numpy array, when it is an initializer."""
+        return self._consts.get(node.input[i]) if i < len(node.input) else None
 
 
 def _at_least_one(name: str, consts: Mapping[str, np.ndarray], producers: Mapping[str, onnx.NodeProto]) -> bool:
@@ -622,9 +642,8 @@ def _convert(node: _Node, converters: Mapping) -> list[relax.Expr]:
     try:
         results = converters[_key(node.proto)](node)
         results = list(results) if isinstance(results, Sequence) else [results]
-        return [
-            node.bb.emit(r, _identifier(name)) for r, name in zip(results, node.proto.output, strict=True)
-        ]
+        names = (node.absorbed or [node.proto])[-1].output
+        return [node.bb.emit(r, _identifier(name)) for r, name in zip(results, names, strict=True)]
     except QcError:
         raise
     except Exception as err:  # TVM type inference rejects the node: report it as this node's problem
@@ -636,6 +655,8 @@ def lower(region: onnx.ModelProto, kernels: Mapping | None = None) -> tvm.IRModu
 
     ``kernels`` maps ``(domain, op_type)`` to a target's own converter (e.g. sdot kernels), replacing the
     generic one; it may only replace ops :data:`CONVERTERS` supports, so the op set is the same everywhere.
+    A converter may fuse the chain of sole consumers after its node (:meth:`_Node.absorb`, e.g. bias Add
+    and ``qc.Requantize`` into a GEMM epilogue); absorbed nodes are not lowered again.
     Raises :class:`TargetError` listing every unsupported node at once, or naming the node that a converter
     (or TVM's type inference) rejects.
     """
@@ -649,12 +670,23 @@ def lower(region: onnx.ModelProto, kernels: Mapping | None = None) -> tvm.IRModu
     env: dict[str, relax.Expr] = {v.name: _input_var(v) for v in graph.input if v.name not in consts}
     params = list(env.values())
     producers = {out: proto for proto in graph.node for out in proto.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for proto in graph.node:
+        for name in dict.fromkeys(proto.input):
+            consumers.setdefault(name, []).append(proto)
+    for value in graph.output:  # a graph output has a reader outside: never absorbed into a kernel
+        consumers.setdefault(value.name, []).append(onnx.NodeProto())
+    absorbed: set[tuple[str, ...]] = set()  # by outputs: protobuf wrappers are not stable objects
     bb = relax.BlockBuilder()
     with bb.function("main", params):
         with bb.dataflow():
             for proto in graph.node:
-                node = _Node(proto, bb, env, consts, producers)
-                env.update(zip(proto.output, _convert(node, converters), strict=True))
+                if tuple(proto.output) in absorbed:
+                    continue
+                node = _Node(proto, bb, env, consts, producers, consumers)
+                results = _convert(node, converters)
+                absorbed.update(tuple(p.output) for p in node.absorbed)
+                env.update(zip((node.absorbed or [proto])[-1].output, results, strict=True))
             outputs = [env[v.name] if v.name in env else _const(consts[v.name]) for v in graph.output]
             result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
         bb.emit_func_output(result)

@@ -17,6 +17,8 @@ from qcompiler.errors import TargetError
 from qcompiler.targets._base import Progress, Target, option
 from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._runtime import CompiledModule
+from qcompiler.targets.int8_kernels import AVX512_VNNI, AVX_VNNI
+from qcompiler.targets.int8_lowering import int8_kernels
 
 __all__ = ["X86Target"]
 
@@ -35,6 +37,9 @@ _EXAMPLE_CPUS = (
 
 #: LLVM feature -> dot-product capability name, best first.
 _DOT_PRODUCTS = (("avx512vnni", "avx512-vnni"), ("avxvnni", "avx-vnni"))
+
+#: dot-product capability -> the instruction the int8 GEMM/convolution kernels are built on.
+_DOT_INSTRUCTIONS = {d.name: d for d in (AVX512_VNNI, AVX_VNNI)}
 
 
 def _host_cpu() -> str:
@@ -79,12 +84,19 @@ class X86Target(Target):
             {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu, "num-cores": self.num_cores}
         )
 
+    def kernels(self) -> dict:
+        """Converter overrides the lowering uses, chosen by the ``dot_product`` capability (none without one)."""
+        dot = _DOT_INSTRUCTIONS.get(self.dot_product)
+        return int8_kernels(dot) if dot else {}
+
     def compile(
         self, region: onnx.ModelProto, out_dir: pathlib.Path, progress: Progress | None = None
     ) -> dict:
-        """Lower, build with TVM's default CPU pipeline (untuned) and export ``out_dir / model.so``."""
+        """Lower (int8 GEMMs/convolutions on the dot-product kernels), build with TVM's CPU pipeline and
+        export ``out_dir / model.so``."""
         return build_relax_library(
-            self.name, region, self.tvm_target(), pathlib.Path(out_dir) / self.library_name, progress
+            self.name, region, self.tvm_target(), pathlib.Path(out_dir) / self.library_name, progress,
+            kernels=self.kernels(),
         )
 
     def load(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:

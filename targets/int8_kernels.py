@@ -1,0 +1,351 @@
+"""Register-blocked int8 GEMM and convolution kernels with a fused requantization epilogue, one family for
+every CPU that has a 4-way int8 dot-product instruction (x86 ``vpdpbusd``, ARM ``sdot``).
+
+A :class:`DotProduct` names the instruction: ``acc[l] += sum_{t<4} a[4l + t] * b[4l + t]`` over ``lanes``
+int32 lanes, ``a`` of dtype :attr:`DotProduct.a_dtype` and ``b`` int8. The kernels are plain TIR loop nests
+written here (no schedule search): the accumulator tile lives in registers, the reduction is the innermost
+loop, the outer tile loop runs in parallel, and the epilogue applies, per output channel,
+
+    ``v = acc + corr``; with a requantization: ``y = clamp(((int64(v) * mult + half) >> shift) + zp,
+    qmin, qmax)`` cast to the output dtype (``half = 2**(shift - 1)``),
+
+which is ``MatMulInteger/ConvInteger -> Add(bias) -> qc.Requantize`` exactly, so the int32 accumulators
+never reach memory and no int64 tensor exists.
+
+Exactness of the operand handling:
+
+* An activation whose dtype is not ``a_dtype`` is fed with its sign bit flipped (``a ^ 0x80``): as the other
+  8-bit type that is ``a + 128`` (int8 -> uint8) or ``a - 128`` (uint8 -> int8), exactly. ``corr`` gets
+  ``-128 * colsum(w)`` or ``+128 * colsum(w)`` back; int32 arithmetic wraps, so the identity holds modulo
+  2**32 too, as the accumulator does.
+* Weights are zero-padded to whole tiles (K to a multiple of 4, channels to whole vectors), so padded
+  positions add ``x * 0`` for whatever ``x`` is read there.
+
+Two layouts, one per operator:
+
+* **GEMM** (``MatMulInteger``, activation ``a[M, K]`` row-major): 4 bytes of a row are broadcast to every
+  lane, the weight is packed ``wp[N/L, K/4, L, 4]`` so one vector holds L columns x 4 k. Output lanes run
+  along N.
+* **Convolution** (NCHW, group 1, any kernel, stride, dilation): the input is repacked into stride phases
+  ``xp[C/4, sh, sw, Hq * Wq (+pad), 4]`` (``xp[c4, ph, pw, i * Wq + j, t] = x[4 c4 + t, i sh + ph,
+  j sw + pw]``, zero outside). Tap ``(dy, dx)`` of output pixel ``p = y * Wq + x`` then reads plane
+  ``((dy dh) % sh, (dx dw) % sw)`` at ``p + ((dy dh) // sh) * Wq + (dx dw) // sw``: L consecutive output
+  pixels read one contiguous vector, whatever the stride. The weight of one output channel is broadcast.
+  Output lanes run along the pixels of that padded grid ``[OH, Wq]``; the caller crops it to ``[OH, OW]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tvm
+from tvm import te
+from tvm.script import tirx as T
+
+__all__ = [
+    "AVX512_VNNI",
+    "AVX_VNNI",
+    "ConvGeometry",
+    "DotProduct",
+    "Requant",
+    "conv2d_func",
+    "conv_grid",
+    "gemm_func",
+    "pack_conv_input_func",
+    "pack_conv_weight",
+    "pack_gemm_weight",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DotProduct:
+    """A 4-way int8 dot-product instruction over ``lanes`` int32 lanes (``a_dtype`` x int8 -> int32)."""
+
+    name: str
+    lanes: int
+    a_dtype: str
+    llvm_intrinsic: str
+
+    @property
+    def a_vector(self) -> str:
+        """The vector dtype of one operand (4 bytes per lane)."""
+        return f"int8x{4 * self.lanes}"
+
+    def flip_correction(self, activation_dtype: str) -> int:
+        """What feeding ``a ^ 0x80`` adds to each activation (0 when the dtype is already ``a_dtype``)."""
+        if activation_dtype == self.a_dtype:
+            return 0
+        return 128 if activation_dtype == "int8" else -128
+
+    def call(self, acc, a, b):
+        """``acc + dot4(a, b)`` as a TIR expression (``a``, ``b``: byte vectors of :attr:`a_vector`)."""
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(self.llvm_intrinsic), acc, a, b, dtype=f"int32x{self.lanes}"
+        )
+
+
+#: AVX-512 VNNI ``vpdpbusd zmm``: 16 lanes, uint8 x int8.
+AVX512_VNNI = DotProduct("avx512-vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
+#: AVX-VNNI ``vpdpbusd ymm`` (VEX-encoded, CPUs without AVX-512): 8 lanes, uint8 x int8.
+AVX_VNNI = DotProduct("avx-vnni", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256")
+
+
+@dataclasses.dataclass(frozen=True)
+class Requant:
+    """Compile-time constants of a fused ``qc.Requantize`` (per-channel arrays are passed as buffers)."""
+
+    zero_point: int
+    qmin: int
+    qmax: int
+    dtype: str
+
+
+#: output channels x pixel vectors per convolution register tile.
+_CONV_TILE = (4, 3)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pack_gemm_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """``w[K, N]`` int8 -> ``wp[Np/L, Kp/4, L, 4]``, ``wp[no, ko, ni, t] = w[4 ko + t, L no + ni]``, zero-padded.
+
+    >>> pack_gemm_weight(np.arange(6, dtype=np.int8).reshape(2, 3), 4)[0, 0]
+    array([[0, 3, 0, 0],
+           [1, 4, 0, 0],
+           [2, 5, 0, 0],
+           [0, 0, 0, 0]], dtype=int8)
+    """
+    k, n = w.shape
+    kp, np_ = 4 * _ceil(k, 4), lanes * _ceil(n, lanes)
+    padded = np.zeros((kp, np_), np.int8)
+    padded[:k, :n] = w
+    return np.ascontiguousarray(padded.reshape(kp // 4, 4, np_ // lanes, lanes).transpose(2, 0, 3, 1))
+
+
+def pack_conv_weight(w: np.ndarray) -> np.ndarray:
+    """``w[O, C, KH, KW]`` int8 -> ``wp[Op, C4, KH, KW, 4]`` (``wp[o, c4, dy, dx, t] = w[o, 4 c4 + t, dy, dx]``),
+    zero-padded to whole channel tiles."""
+    o, c, kh, kw = w.shape
+    out_block = _CONV_TILE[0]
+    padded = np.zeros((out_block * _ceil(o, out_block), 4 * _ceil(c, 4), kh, kw), np.int8)
+    padded[:o, :c] = w
+    return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4, kh, kw).transpose(0, 1, 3, 4, 2))
+
+
+def _epilogue(requant: Requant | None, lanes: int):
+    """A TIR macro ``store(out, index, v, j, last)``: the epilogue on ``v = acc + corr`` for channels ``j``.
+
+    ``j`` is a ramp (GEMM: lanes are channels) or a scalar channel (convolution: lanes are pixels); ``index``
+    is the output index tuple whose last entry is the lane ramp.
+    """
+
+    @T.macro
+    def store(out, index, v, mult, half, shift, j):
+        if requant is None:
+            out[index] = v
+        else:
+            wide = (T.Cast(f"int64x{lanes}", v) * mult[j] + half[j]) >> shift[j]
+            clamped = T.max(T.min(wide + T.int64(requant.zero_point), T.int64(requant.qmax)), T.int64(requant.qmin))
+            out[index] = T.Cast(f"{requant.dtype}x{lanes}", clamped)
+
+    return store
+
+
+def _broadcast_word(buffer, index, flip: int, lanes: int):
+    """4 bytes at ``buffer[index]`` (sign bits flipped when ``flip``) broadcast to every lane, as bytes."""
+    word = T.reinterpret(buffer.vload(index, f"{buffer.dtype}x4"), dtype="int32")
+    if flip:
+        word = word ^ T.int32(-0x7F7F7F80)  # 0x80808080
+    return T.reinterpret(T.broadcast(word, lanes), dtype=f"int8x{4 * lanes}")
+
+
+def _flip_vector(value, flip: int, lanes: int):
+    """A byte vector with every sign bit flipped when ``flip``."""
+    if not flip:
+        return value
+    words = T.reinterpret(value, dtype=f"int32x{lanes}") ^ T.broadcast(T.int32(-0x7F7F7F80), lanes)
+    return T.reinterpret(words, dtype=f"int8x{4 * lanes}")
+
+
+def _gemm_blocking(m: int, blocks: int) -> tuple[int, int]:
+    """Rows x column vectors per register tile (at most 12 accumulators, columns dividing ``blocks``)."""
+    nr = next(b for b in (3, 4, 2, 1) if blocks % b == 0)
+    return (4 if nr <= 3 else 3), nr
+
+
+def gemm_func(
+    m: int, k: int, n: int, a_dtype: str, dot: DotProduct, requant: Requant | None, name: str
+) -> tvm.tirx.PrimFunc:
+    """``out[M, Np] = epilogue(a[M, Kp] . w + corr)``; args ``(a, wp, corr, mult, half, shift, out)``.
+
+    ``a`` must already be padded to ``Kp = ceil(K / 4) * 4`` columns (the caller pads with zeros); the
+    output has ``Np = ceil(N / L) * L`` columns (the caller crops to N). ``corr`` (int32) and
+    ``mult``/``half``/``shift`` (int64) have Np entries; without ``requant`` the output is the int32 ``v``
+    and the last three arrays are unused.
+    """
+    lanes = dot.lanes
+    kp, blocks = 4 * _ceil(k, 4), _ceil(n, lanes)
+    np_ = blocks * lanes
+    mr, nr = _gemm_blocking(m, blocks)
+    flip = dot.flip_correction(a_dtype)
+    store = _epilogue(requant, lanes)
+    out_dtype = requant.dtype if requant else "int32"
+    column_tiles, full_rows = blocks // nr, m // mr * mr
+    tiles = m // mr * column_tiles
+
+    @T.macro
+    def tile(a, wp, corr, mult, half, shift, out, row0, rows, block0):
+        acc = T.alloc_local((rows, nr, lanes), "int32")
+        for i, j in T.grid(rows, nr):
+            acc[i, j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+        for ko in range(kp // 4):
+            for i in T.unroll(rows):
+                for j in T.unroll(nr):
+                    acc[i, j, T.ramp(0, 1, lanes)] = dot.call(
+                        acc[i, j, T.ramp(0, 1, lanes)],
+                        _broadcast_word(a, [row0 + i, ko * 4], flip, lanes),
+                        wp.vload([block0 + j, ko, 0, 0], dot.a_vector),
+                    )
+        for i, j in T.grid(rows, nr):
+            cols = T.ramp((block0 + j) * lanes, 1, lanes)
+            store(out, [row0 + i, cols], acc[i, j, T.ramp(0, 1, lanes)] + corr[cols], mult, half, shift, cols)
+
+    @T.prim_func(s_tir=True)
+    def gemm(
+        a: T.Buffer((m, kp), a_dtype),
+        wp: T.Buffer((blocks, kp // 4, lanes, 4), "int8"),
+        corr: T.Buffer((np_,), "int32"),
+        mult: T.Buffer((np_,), "int64"),
+        half: T.Buffer((np_,), "int64"),
+        shift: T.Buffer((np_,), "int64"),
+        out: T.Buffer((m, np_), out_dtype),
+    ):
+        T.func_attr({"global_symbol": name, "tir.noalias": True})
+        for t in T.parallel(tiles + (m - full_rows) * column_tiles):
+            if t < tiles:
+                tile(a, wp, corr, mult, half, shift, out, t // column_tiles * mr, mr, t % column_tiles * nr)
+            else:
+                tile(a, wp, corr, mult, half, shift, out, full_rows + (t - tiles) // column_tiles, 1,
+                     (t - tiles) % column_tiles * nr)
+
+    return gemm
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """A 2-D convolution of an already padded NCHW input ``[B, C, H, W]`` by ``[O, C, KH, KW]`` weights."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """``(OH, OW)``."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        return (self.height - dh * (kh - 1) - 1) // sh + 1, (self.width - dw * (kw - 1) - 1) // sw + 1
+
+    @property
+    def plane(self) -> tuple[int, int]:
+        """``(Hq, Wq)``: rows and columns of one stride phase."""
+        return _ceil(self.height, self.strides[0]), _ceil(self.width, self.strides[1])
+
+    def tap_offset(self, dy: int, dx: int) -> tuple[int, int, int]:
+        """``(phase_h, phase_w, flat offset)`` of tap ``(dy, dx)`` in the phase planes."""
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        return (dy * dh) % sh, (dx * dw) % sw, (dy * dh) // sh * self.plane[1] + (dx * dw) // sw
+
+
+def conv_grid(geometry: ConvGeometry, lanes: int) -> tuple[int, int, int]:
+    """``(Op, Pp, F)``: padded output channels, padded grid pixels and the phase planes' flat length."""
+    oh, _ = geometry.out_size
+    ob, pb = _CONV_TILE
+    pixels = oh * geometry.plane[1]
+    pp = pb * lanes * _ceil(pixels, pb * lanes)
+    kh, kw = geometry.kernel
+    reach = max(geometry.tap_offset(dy, dx)[2] for dy in range(kh) for dx in range(kw))
+    return ob * _ceil(geometry.out_channels, ob), pp, pp + reach
+
+
+def pack_conv_input_func(geometry: ConvGeometry, a_dtype: str, lanes: int, name: str) -> tvm.tirx.PrimFunc:
+    """``x[B, C, H, W] -> xp[B, C4, sh, sw, F, 4]`` (phase planes, zero-filled); see the module docstring."""
+    g = geometry
+    (sh, sw), (hq, wq) = g.strides, g.plane
+    c4 = _ceil(g.channels, 4)
+    _, _, flat = conv_grid(g, lanes)
+    x = te.placeholder((g.batch, g.channels, g.height, g.width), a_dtype, name="x")
+
+    def value(b, q, ph, pw, f, t):
+        c, row, col = q * 4 + t, f // wq * sh + ph, f % wq * sw + pw
+        inside = tvm.tirx.all(c < g.channels, f < hq * wq, row < g.height, col < g.width)
+        safe = (tvm.te.min(c, g.channels - 1), tvm.te.min(row, g.height - 1), tvm.te.min(col, g.width - 1))
+        return te.if_then_else(inside, x[b, safe[0], safe[1], safe[2]], tvm.tirx.const(0, a_dtype))
+
+    xp = te.compute((g.batch, c4, sh, sw, flat, 4), value, name="xp")
+    return te.create_prim_func([x, xp]).with_attr("global_symbol", name)
+
+
+def conv2d_func(
+    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant: Requant | None, name: str
+) -> tvm.tirx.PrimFunc:
+    """``out[B, Op, Pp] = epilogue(conv(xp, wp) + corr)`` on the padded grid; args ``(xp, wp, corr, mult,
+    half, shift, out)``, per-channel arrays of ``Op`` entries. The caller crops ``[:, :O, :OH * Wq]``."""
+    g, lanes = geometry, dot.lanes
+    (kh, kw), (sh, sw) = g.kernel, g.strides
+    c4 = _ceil(g.channels, 4)
+    op, pp, flat = conv_grid(g, lanes)
+    ob, pb = _CONV_TILE
+    flip = dot.flip_correction(a_dtype)
+    out_dtype = requant.dtype if requant else "int32"
+    store = _epilogue(requant, lanes)
+    (dh, dw), wq = g.dilations, g.plane[1]
+    channel_blocks, pixel_blocks = op // ob, pp // (pb * lanes)
+
+    @T.prim_func(s_tir=True)
+    def conv(
+        xp: T.Buffer((g.batch, c4, sh, sw, flat, 4), a_dtype),
+        wp: T.Buffer((op, c4, kh, kw, 4), "int8"),
+        corr: T.Buffer((op,), "int32"),
+        mult: T.Buffer((op,), "int64"),
+        half: T.Buffer((op,), "int64"),
+        shift: T.Buffer((op,), "int64"),
+        out: T.Buffer((g.batch, op, pp), out_dtype),
+    ):
+        T.func_attr({"global_symbol": name, "tir.noalias": True})
+        for t in T.parallel(g.batch * channel_blocks * pixel_blocks):
+            b = t // (channel_blocks * pixel_blocks)
+            o0 = t // pixel_blocks % channel_blocks * ob
+            p0 = t % pixel_blocks * (pb * lanes)
+            acc = T.alloc_local((ob, pb, lanes), "int32")
+            for i, j in T.grid(ob, pb):
+                acc[i, j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+            for q in range(c4):
+                for dy in T.unroll(kh):
+                  for dx in T.unroll(kw):
+                    for j in T.unroll(pb):
+                        for i in T.unroll(ob):
+                            acc[i, j, T.ramp(0, 1, lanes)] = dot.call(
+                                acc[i, j, T.ramp(0, 1, lanes)],
+                                _flip_vector(
+                                    T.reinterpret(xp.vload([b, q, dy * dh % sh, dx * dw % sw,
+                                                          p0 + j * lanes + dy * dh // sh * wq + dx * dw // sw, 0],
+                                                         f"{a_dtype}x{4 * lanes}"),
+                                                  dtype=dot.a_vector),
+                                    flip, lanes,
+                                ),
+                                _broadcast_word(wp, [o0 + i, q, dy, dx, 0], 0, lanes),
+                            )
+            for i, j in T.grid(ob, pb):
+                store(out, [b, o0 + i, T.ramp(p0 + j * lanes, 1, lanes)],
+                      acc[i, j, T.ramp(0, 1, lanes)] + T.broadcast(corr[o0 + i], lanes),
+                      mult, half, shift, o0 + i)
+
+    return conv
