@@ -22,7 +22,7 @@ from qcompiler.errors import QcError
 from qcompiler.model_io import boundary, integer_region, is_integer_entry, require_model_file
 from qcompiler.qmath import dequantize, quantize
 from qcompiler.report import build_report
-from qcompiler.targets import CompiledModule, get_target
+from qcompiler.targets import CompiledModule, get_target, set_num_threads
 
 __all__ = ["Artifact", "Module", "compile", "load"]
 
@@ -175,19 +175,30 @@ class Module:
         integers = self.run_integer(self.quantize_inputs(feeds))
         return {e["name"]: dequantize(integers[e["int_name"]], e["scale"], e["zero_point"]) for e in self.outputs}
 
+    def profile(self, feeds: dict[str, np.ndarray], rounds: int = 10) -> list[tuple[str, int, float]]:
+        """Per-kernel time of the compiled code on float ``feeds``: ``(kernel, calls per run, seconds per run)``,
+        slowest first (see :meth:`CompiledModule.profile`)."""
+        return self.compiled.profile(self.quantize_inputs(feeds), rounds)
+
     def reference_session(self) -> onnxruntime.InferenceSession:
         """onnxruntime running the integer region of ``model.int.onnx`` (the semantics the library must match)."""
         region = integer_region(onnx.load(str(self.directory / INT_MODEL)))
         return onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def load(directory: str | Path, emulate: bool = False) -> Module:
+def load(directory: str | Path, emulate: bool = False, num_threads: int | None = None) -> Module:
     """Load an artifact directory written by :func:`compile` / ``qc compile``.
 
     By default the library runs on this machine (the target says clearly why it cannot, e.g. a Cortex-M
     firmware image on x86). ``emulate=True`` runs an artifact for another machine under its emulator
     (qemu-aarch64, qemu-system-arm), one emulated process per :meth:`Module.run`.
+    ``num_threads`` sizes the CPU thread pool the compiled code runs on (default: ``TVM_NUM_THREADS``, else
+    every core); the pool belongs to the process, so the last ``load`` that passes it wins.
     """
+    if num_threads is not None:
+        if emulate:
+            raise QcError("num_threads applies to code run on this host, not under an emulator")
+        set_num_threads(num_threads)
     directory = Path(directory)
     manifest = read_manifest(directory)
     check_hashes(directory, manifest)

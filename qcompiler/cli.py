@@ -157,11 +157,12 @@ def run(
     input: Annotated[Path, typer.Option("--input", help=".npz keyed by model input name")],
     output: Annotated[Path, typer.Option("--output", help=".npz to write (float outputs by name)")],
     integer: Annotated[bool, typer.Option(help="also write the integer outputs (key suffix ':int')")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: every core)", min=1)] = None,
 ) -> None:
     """Run a compiled artifact on float inputs from an .npz file."""
     import qcompiler
 
-    module = qcompiler.load(artifact)
+    module = qcompiler.load(artifact, num_threads=threads)
     try:
         with np.load(input) as data:
             feeds = {k: data[k] for k in data.files}

@@ -15,7 +15,7 @@ from typing import Any
 
 from qcompiler.errors import TargetError
 from qcompiler.targets._base import Progress, Target
-from qcompiler.targets._runtime import CompiledModule, InputMismatchError, TensorSpec
+from qcompiler.targets._runtime import CompiledModule, InputMismatchError, TensorSpec, set_num_threads
 
 __all__ = [
     "CompiledModule",
@@ -25,6 +25,7 @@ __all__ = [
     "TensorSpec",
     "available_targets",
     "get_target",
+    "set_num_threads",
 ]
 
 #: target name -> "module:class"; imported on first use.

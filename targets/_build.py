@@ -19,7 +19,7 @@ from qcompiler.targets._base import Progress
 from qcompiler.targets._runtime import region_signature
 from qcompiler.targets.relax_lowering import lower
 
-__all__ = ["build_relax_library"]
+__all__ = ["build_relax_library", "cpu_pipeline"]
 
 _T = TypeVar("_T")
 
@@ -41,6 +41,56 @@ def run_step(target_name: str, step: str, progress: Progress | None, run: Callab
         ) from err
 
 
+#: TIR op pattern "opaque": FuseOps never groups such a function with its neighbours.
+_OPAQUE = 8
+
+
+@tvm.transform.module_pass(opt_level=0, name="qc_mark_kernels_opaque")
+def _mark_kernels_opaque(module: tvm.IRModule, _context) -> tvm.IRModule:
+    """Every PrimFunc already in the module is a target's hand-written kernel: keep it whole."""
+    for gv, func in list(module.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            module[gv] = func.with_attr("op_pattern", _OPAQUE)
+    return module
+
+
+def cpu_pipeline() -> tvm.transform.Pass:
+    """``tvm.compile``'s CPU lowering plus operator fusion (which its default CPU build leaves out).
+
+    After legalization, chains of elementwise and injective ops, and a legalized reduction or convolution
+    with the elementwise ops after it, become one TIR function each (FuseOps + FuseTIR), so their
+    intermediates never reach memory. The target's own kernels (call_tir functions present before
+    legalization) stay opaque: they are already scheduled. Fusion regroups loops and does not change
+    any integer operation, so the result stays bit-exact.
+    """
+    transform = tvm.relax.transform
+    return tvm.transform.Sequential(
+        [
+            _mark_kernels_opaque,
+            tvm.relax.backend.DispatchSampling(),
+            tvm.relax.backend.DispatchSortScan(),
+            transform.DeadCodeElimination(),  # e.g. the widening Casts a kernel reads around
+            transform.LegalizeOps(),
+            transform.AnnotateTIROpPattern(),
+            transform.FoldConstant(),
+            transform.FuseOps(),
+            transform.FuseTIR(),
+            transform.RewriteDataflowReshape(),
+            transform.ToNonDataflow(),
+            transform.RemovePurityChecking(),
+            transform.CallTIRRewrite(),
+            transform.StaticPlanBlockMemory(),
+            transform.LowerAllocTensor(),
+            transform.KillAfterLastUse(),
+            transform.LowerRuntimeBuiltin(),
+            transform.ComputePrimValue(),
+            transform.VMShapeLower(),
+            transform.AttachGlobalSymbol(),
+        ],
+        name="qc_cpu_build",
+    )
+
+
 def build_relax_library(
     target_name: str,
     region: onnx.ModelProto,
@@ -50,7 +100,8 @@ def build_relax_library(
     kernels: Mapping | None = None,
     **export_options: Any,
 ) -> dict[str, Any]:
-    """lower (with the target's ``kernels``) -> ``tvm.compile`` -> ``export_library``; return the library info.
+    """lower (with the target's ``kernels``) -> ``tvm.compile`` (:func:`cpu_pipeline`) -> ``export_library``;
+    return the library info.
 
     The info dict holds the library file name, the TVM target, build seconds, and the input/output signature
     that :class:`~qcompiler.targets.CompiledModule` checks calls against.
@@ -58,7 +109,9 @@ def build_relax_library(
     start = time.perf_counter()
     inputs, outputs = run_step(target_name, "signature", progress, lambda: region_signature(region))
     module = run_step(target_name, "lower", progress, lambda: lower(region, kernels))
-    executable = run_step(target_name, "build", progress, lambda: tvm.compile(module, target=tvm_target))
+    executable = run_step(
+        target_name, "build", progress, lambda: tvm.compile(module, target=tvm_target, relax_pipeline=cpu_pipeline())
+    )
     library.parent.mkdir(parents=True, exist_ok=True)
     run_step(target_name, "export", progress, lambda: executable.export_library(str(library), **export_options))
     return {

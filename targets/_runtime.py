@@ -10,6 +10,7 @@ import dataclasses
 import pathlib
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -19,7 +20,17 @@ from tvm import relax
 
 from qcompiler.errors import ArtifactError, ModelError, QcError
 
-__all__ = ["CompiledModule", "InputMismatchError", "TensorSpec", "region_signature"]
+__all__ = ["CompiledModule", "InputMismatchError", "TensorSpec", "region_signature", "set_num_threads"]
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Size this process's TVM CPU thread pool (shared by every loaded module) to ``num_threads`` workers.
+
+    Without a call the pool uses ``TVM_NUM_THREADS`` or else every core.
+    """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise QcError(f"num_threads must be a positive integer, got {num_threads!r}")
+    tvm.get_global_func("runtime.config_threadpool")(1, num_threads)  # 1: the big-core pool (all cores here)
 
 
 class InputMismatchError(QcError):
@@ -118,6 +129,34 @@ class CompiledModule:
         result = self._vm["main"](*args)
         results = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
         return [r.numpy() for r in results]
+
+    def profile(self, inputs: Mapping[str, np.ndarray], rounds: int = 10) -> list[tuple[str, int, float]]:
+        """Seconds spent per kernel over ``rounds`` runs of ``main``: ``(symbol, calls, seconds)`` rows,
+        slowest first. Timed on the host around each call the VM makes (tens of microseconds of overhead per
+        call, so sub-millisecond kernels read high); the VM's own bookkeeping is not counted."""
+        self._check(inputs)
+        args = [tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device) for s in self.inputs]
+        totals: dict[str, list] = {}
+        started: list[float] = []
+
+        def instrument(func, symbol, before_run, ret_value, *call_args):
+            if before_run:
+                started.append(time.perf_counter())
+            else:
+                entry = totals.setdefault(str(symbol), [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started.pop()
+            return 0  # VMInstrumentReturnKind.kNoOp: run the call normally
+
+        self._vm["main"](*args)  # warm-up, not counted
+        self._vm.set_instrument(instrument)
+        try:
+            for _ in range(rounds):
+                self._vm["main"](*args)
+        finally:
+            self._vm.set_instrument(None)
+        rows = [(symbol, calls // rounds, seconds / rounds) for symbol, (calls, seconds) in totals.items()]
+        return sorted(rows, key=lambda row: -row[2])
 
     def _check(self, inputs: Mapping[str, np.ndarray]) -> None:
         problems = [f"unexpected input {name!r}" for name in inputs if name not in self.input_names]

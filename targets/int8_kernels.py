@@ -54,6 +54,7 @@ __all__ = [
     "gemm_func",
     "pack_conv_input_func",
     "pack_conv_weight",
+    "pack_gemm_operand_func",
     "pack_gemm_weight",
 ]
 
@@ -147,9 +148,14 @@ def _epilogue(requant: Requant | None, lanes: int):
         if requant is None:
             out[index] = v
         else:
-            wide = (T.Cast(f"int64x{lanes}", v) * mult[j] + half[j]) >> shift[j]
-            clamped = T.max(T.min(wide + T.int64(requant.zero_point), T.int64(requant.qmax)), T.int64(requant.qmin))
-            out[index] = T.Cast(f"{requant.dtype}x{lanes}", clamped)
+            out[index] = T.Cast(
+                f"{requant.dtype}x{lanes}",
+                T.max(
+                    T.min(((T.Cast(f"int64x{lanes}", v) * mult[j] + half[j]) >> shift[j])
+                          + T.int64(requant.zero_point), T.int64(requant.qmax)),
+                    T.int64(requant.qmin),
+                ),
+            )
 
     return store
 
@@ -177,14 +183,24 @@ def _gemm_blocking(m: int, blocks: int) -> tuple[int, int]:
 
 
 def gemm_func(
-    m: int, k: int, n: int, a_dtype: str, dot: DotProduct, requant: Requant | None, name: str
+    m: int,
+    k: int,
+    n: int,
+    a_dtype: str,
+    dot: DotProduct,
+    requant: Requant | None,
+    name: str,
+    batch: int = 1,
+    weight_batch: int = 1,
 ) -> tvm.tirx.PrimFunc:
-    """``out[M, Np] = epilogue(a[M, Kp] . w + corr)``; args ``(a, wp, corr, mult, half, shift, out)``.
+    """``out[b, M, Np] = epilogue(a[b] . w[b % weight_batch] + corr[b % weight_batch] + row_corr[b])``.
 
-    ``a`` must already be padded to ``Kp = ceil(K / 4) * 4`` columns (the caller pads with zeros); the
-    output has ``Np = ceil(N / L) * L`` columns (the caller crops to N). ``corr`` (int32) and
-    ``mult``/``half``/``shift`` (int64) have Np entries; without ``requant`` the output is the int32 ``v``
-    and the last three arrays are unused.
+    Args ``(a, wp, corr, row_corr, mult, half, shift, out)``: ``a[batch, M, Kp]`` already padded to
+    ``Kp = ceil(K / 4) * 4`` columns (the caller pads), ``wp[weight_batch, Np/L, Kp/4, L, 4]`` packed by
+    :func:`pack_gemm_weight` (or :func:`pack_gemm_operand_func` at run time), ``corr[weight_batch, Np]``
+    per column and ``row_corr[batch, M]`` per row (int32), ``mult``/``half``/``shift[Np]`` (int64). The
+    output has ``Np = ceil(N / L) * L`` columns (the caller crops to N); without ``requant`` it is the int32
+    ``v`` and the last three arrays are unused.
     """
     lanes = dot.lanes
     kp, blocks = 4 * _ceil(k, 4), _ceil(n, lanes)
@@ -195,10 +211,11 @@ def gemm_func(
     out_dtype = requant.dtype if requant else "int32"
     column_tiles, full_rows = blocks // nr, m // mr * mr
     tiles = m // mr * column_tiles
+    per_batch = tiles + (m - full_rows) * column_tiles
 
     @T.macro
-    def tile(a, wp, corr, mult, half, shift, out, row0, rows, block0):
-        acc = T.alloc_local((rows, nr, lanes), "int32")
+    def tile(a, wp, corr, row_corr, mult, half, shift, out, b, row0, rows, block0):
+        acc = T.alloc_buffer((rows, nr, lanes), "int32", scope="global")  # small global: a stack array
         for i, j in T.grid(rows, nr):
             acc[i, j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
         for ko in range(kp // 4):
@@ -206,32 +223,56 @@ def gemm_func(
                 for j in T.unroll(nr):
                     acc[i, j, T.ramp(0, 1, lanes)] = dot.call(
                         acc[i, j, T.ramp(0, 1, lanes)],
-                        _broadcast_word(a, [row0 + i, ko * 4], flip, lanes),
-                        wp.vload([block0 + j, ko, 0, 0], dot.a_vector),
+                        _broadcast_word(a, [b, row0 + i, ko * 4], flip, lanes),
+                        wp.vload([b % weight_batch, block0 + j, ko, 0, 0], dot.a_vector),
                     )
         for i, j in T.grid(rows, nr):
-            cols = T.ramp((block0 + j) * lanes, 1, lanes)
-            store(out, [row0 + i, cols], acc[i, j, T.ramp(0, 1, lanes)] + corr[cols], mult, half, shift, cols)
+            store(
+                out, [b, row0 + i, T.ramp((block0 + j) * lanes, 1, lanes)],
+                acc[i, j, T.ramp(0, 1, lanes)] + corr[b % weight_batch, T.ramp((block0 + j) * lanes, 1, lanes)]
+                + T.broadcast(row_corr[b, row0 + i], lanes),
+                mult, half, shift, T.ramp((block0 + j) * lanes, 1, lanes),
+            )
 
     @T.prim_func(s_tir=True)
     def gemm(
-        a: T.Buffer((m, kp), a_dtype),
-        wp: T.Buffer((blocks, kp // 4, lanes, 4), "int8"),
-        corr: T.Buffer((np_,), "int32"),
+        a: T.Buffer((batch, m, kp), a_dtype),
+        wp: T.Buffer((weight_batch, blocks, kp // 4, lanes, 4), "int8"),
+        corr: T.Buffer((weight_batch, np_), "int32"),
+        row_corr: T.Buffer((batch, m), "int32"),
         mult: T.Buffer((np_,), "int64"),
         half: T.Buffer((np_,), "int64"),
         shift: T.Buffer((np_,), "int64"),
-        out: T.Buffer((m, np_), out_dtype),
+        out: T.Buffer((batch, m, np_), out_dtype),
     ):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
-        for t in T.parallel(tiles + (m - full_rows) * column_tiles):
-            if t < tiles:
-                tile(a, wp, corr, mult, half, shift, out, t // column_tiles * mr, mr, t % column_tiles * nr)
+        # (no named temporaries: TVMScript would store each one in a buffer)
+        for bt in T.parallel(batch * per_batch):
+            if bt % per_batch < tiles:
+                tile(a, wp, corr, row_corr, mult, half, shift, out, bt // per_batch,
+                     bt % per_batch // column_tiles * mr, mr, bt % per_batch % column_tiles * nr)
             else:
-                tile(a, wp, corr, mult, half, shift, out, full_rows + (t - tiles) // column_tiles, 1,
-                     (t - tiles) % column_tiles * nr)
+                tile(a, wp, corr, row_corr, mult, half, shift, out, bt // per_batch,
+                     full_rows + (bt % per_batch - tiles) // column_tiles, 1,
+                     (bt % per_batch - tiles) % column_tiles * nr)
 
     return gemm
+
+
+def pack_gemm_operand_func(batch: int, k: int, n: int, b_dtype: str, lanes: int, name: str) -> tvm.tirx.PrimFunc:
+    """Run-time :func:`pack_gemm_weight` of an activation ``b[batch, K, N]`` -> ``bp[batch, Np/L, Kp/4, L, 4]``
+    as int8 (a uint8 ``b`` with its sign bit flipped, i.e. ``b - 128``), zero-padded."""
+    kp, blocks = 4 * _ceil(k, 4), _ceil(n, lanes)
+    b = te.placeholder((batch, k, n), b_dtype, name="b")
+
+    def value(bt, no, ko, ni, t):
+        row, col = ko * 4 + t, no * lanes + ni
+        raw = b[bt, tvm.te.min(row, k - 1), tvm.te.min(col, n - 1)]
+        signed = (raw.astype("int32") - 128).astype("int8") if b_dtype == "uint8" else raw
+        return te.if_then_else(tvm.tirx.all(row < k, col < n), signed, tvm.tirx.const(0, "int8"))
+
+    bp = te.compute((batch, blocks, kp // 4, lanes, 4), value, name="bp")
+    return te.create_prim_func([b, bp]).with_attr("global_symbol", name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,11 +361,9 @@ def conv2d_func(
         out: T.Buffer((g.batch, op, pp), out_dtype),
     ):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
+        # (no named temporaries: TVMScript would store each one in a buffer)
         for t in T.parallel(g.batch * channel_blocks * pixel_blocks):
-            b = t // (channel_blocks * pixel_blocks)
-            o0 = t // pixel_blocks % channel_blocks * ob
-            p0 = t % pixel_blocks * (pb * lanes)
-            acc = T.alloc_local((ob, pb, lanes), "int32")
+            acc = T.alloc_buffer((ob, pb, lanes), "int32", scope="global")  # small global: a stack array
             for i, j in T.grid(ob, pb):
                 acc[i, j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
             for q in range(c4):
@@ -335,17 +374,22 @@ def conv2d_func(
                             acc[i, j, T.ramp(0, 1, lanes)] = dot.call(
                                 acc[i, j, T.ramp(0, 1, lanes)],
                                 _flip_vector(
-                                    T.reinterpret(xp.vload([b, q, dy * dh % sh, dx * dw % sw,
-                                                          p0 + j * lanes + dy * dh // sh * wq + dx * dw // sw, 0],
-                                                         f"{a_dtype}x{4 * lanes}"),
-                                                  dtype=dot.a_vector),
+                                    T.reinterpret(
+                                        xp.vload([t // (channel_blocks * pixel_blocks), q, dy * dh % sh, dx * dw % sw,
+                                                  t % pixel_blocks * (pb * lanes) + j * lanes
+                                                  + dy * dh // sh * wq + dx * dw // sw, 0],
+                                                 f"{a_dtype}x{4 * lanes}"),
+                                        dtype=dot.a_vector),
                                     flip, lanes,
                                 ),
-                                _broadcast_word(wp, [o0 + i, q, dy, dx, 0], 0, lanes),
+                                _broadcast_word(wp, [t // pixel_blocks % channel_blocks * ob + i, q, dy, dx, 0], 0,
+                                                lanes),
                             )
             for i, j in T.grid(ob, pb):
-                store(out, [b, o0 + i, T.ramp(p0 + j * lanes, 1, lanes)],
-                      acc[i, j, T.ramp(0, 1, lanes)] + T.broadcast(corr[o0 + i], lanes),
-                      mult, half, shift, o0 + i)
+                store(out, [t // (channel_blocks * pixel_blocks), t // pixel_blocks % channel_blocks * ob + i,
+                            T.ramp(t % pixel_blocks * (pb * lanes) + j * lanes, 1, lanes)],
+                      acc[i, j, T.ramp(0, 1, lanes)] + T.broadcast(corr[t // pixel_blocks % channel_blocks * ob + i],
+                                                                   lanes),
+                      mult, half, shift, t // pixel_blocks % channel_blocks * ob + i)
 
     return conv

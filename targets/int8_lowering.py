@@ -32,6 +32,7 @@ from qcompiler.targets.int8_kernels import (
     gemm_func,
     pack_conv_input_func,
     pack_conv_weight,
+    pack_gemm_operand_func,
     pack_gemm_weight,
 )
 
@@ -40,6 +41,7 @@ __all__ = ["int8_kernels"]
 R = relax.op
 _Node = relax_lowering._Node
 _const = relax_lowering._const
+_shape = relax_lowering._shape
 
 #: the generic converters, captured before any override is installed (fallbacks call these).
 _GENERIC = dict(relax_lowering.CONVERTERS)
@@ -100,21 +102,22 @@ def _absorb_epilogue(n: _Node, rank: int, axis: int, channels: int) -> _Epilogue
     return epilogue
 
 
-def _epilogue_args(epilogue: _Epilogue, correction: np.ndarray, padded: int) -> list[relax.Expr]:
-    """``corr, mult, half, shift`` constants, each padded to ``padded`` channels."""
+def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
+    """``mult, half, shift`` constants (int64), each padded to ``padded`` channels."""
 
-    def pad(values: np.ndarray, dtype, fill: int = 0) -> relax.Expr:
-        out = np.full(padded, fill, dtype)
+    def pad(values: np.ndarray, fill: int = 0) -> relax.Expr:
+        out = np.full(padded, fill, np.int64)
         out[: values.size] = values
         return _const(out)
 
-    corr = ((epilogue.bias + correction) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)  # int32 wrap
-    return [
-        pad(corr, np.int32),
-        pad(epilogue.multiplier, np.int64),
-        pad(np.left_shift(np.int64(1), epilogue.shift - 1), np.int64),
-        pad(epilogue.shift, np.int64, 1),
-    ]
+    return [pad(epilogue.multiplier), pad(np.left_shift(np.int64(1), epilogue.shift - 1)), pad(epilogue.shift, 1)]
+
+
+def _column_corr(epilogue: _Epilogue, correction: np.ndarray, padded: int) -> np.ndarray:
+    """``bias + correction`` per output channel as int32 (wrapping, as the accumulator does), zero-padded."""
+    out = np.zeros(padded, np.int32)
+    out[: correction.size] = ((epilogue.bias + correction) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    return out
 
 
 def _fits(n: _Node) -> bool:
@@ -135,30 +138,122 @@ def _call(n: _Node, func: tvm.tirx.PrimFunc, args: list, shape: list[int], dtype
     return n.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
 
 
+def _symbol(dot: DotProduct, kind: str, *parts) -> str:
+    return "_".join([f"qc_{dot.name.replace('-', '_')}_{kind}", *(str(p) for p in parts)])
+
+
+def _pad_k(n: _Node, a: relax.Expr, k: int) -> relax.Expr:
+    """``a[..., K]`` zero-padded to a multiple of 4 columns."""
+    kp = -(-k // 4) * 4
+    if kp == k:
+        return a
+    widths = [0, 0] * (len(_shape(a)) - 1) + [0, kp - k]
+    return n.emit(R.nn.pad(a, pad_width=widths, pad_value=0))
+
+
+def _gemm_call(
+    n: _Node, dot: DotProduct, a: relax.Expr, a_dtype: str, packed: relax.Expr, corr: relax.Expr,
+    row_corr: relax.Expr, epilogue: _Epilogue, dims: tuple[int, int, int, int, int], tag: str,
+) -> relax.Expr:
+    """``out[batch, M, N]`` of :func:`gemm_func` on an already K-padded ``a[batch, M, Kp]``; ``dims`` is
+    ``(batch, weight_batch, M, K, N)``."""
+    batch, weight_batch, m, k, cols = dims
+    np_ = -(-cols // dot.lanes) * dot.lanes
+    out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
+    name = _symbol(dot, tag, a_dtype, out_dtype, "x".join(str(d) for d in (batch, m, k, cols)))
+    out = _call(
+        n,
+        gemm_func(m, k, cols, a_dtype, dot, epilogue.requant, name, batch, weight_batch),
+        [a, packed, corr, row_corr, *_requant_args(epilogue, np_)],
+        [batch, m, np_],
+        out_dtype,
+    )
+    return out if np_ == cols else n.emit(R.strided_slice(out, axes=[2], begin=[0], end=[cols]))
+
+
 def _matmul(dot: DotProduct, n: _Node) -> relax.Expr:
     """``a[..., K] x w[K, N]`` (+ epilogue) on :func:`gemm_func`, ``a`` flattened to rows."""
     if not _fits(n) or n.const(1).ndim != 2:
         return _GENERIC[("", "MatMulInteger")](n)
     a, w, a_dtype = n.arg(0), n.const(1), str(n.arg(0).ty.dtype)
     (k, cols), lead = w.shape, n.shape(0)[:-1]
-    rows, kp, np_ = math.prod(lead), -(-k // 4) * 4, -(-cols // dot.lanes) * dot.lanes
+    rows = math.prod(lead)
     epilogue = _absorb_epilogue(n, len(lead) + 1, len(lead), cols)
-    out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
-    name = f"qc_{dot.name.replace('-', '_')}_gemm_{a_dtype}_{out_dtype}_{rows}x{k}x{cols}"
-    flat = a if len(lead) == 1 else n.emit(R.reshape(a, [rows, k]))
-    if kp != k:
-        flat = n.emit(R.nn.pad(flat, pad_width=[0, 0, 0, kp - k], pad_value=0))
+    np_ = -(-cols // dot.lanes) * dot.lanes
     correction = -dot.flip_correction(a_dtype) * w.astype(np.int64).sum(axis=0)
-    out = _call(
-        n,
-        gemm_func(rows, k, cols, a_dtype, dot, epilogue.requant, name),
-        [flat, _const(pack_gemm_weight(w, dot.lanes)), *_epilogue_args(epilogue, correction, np_)],
-        [rows, np_],
-        out_dtype,
+    out = _gemm_call(
+        n, dot, _pad_k(n, n.emit(R.reshape(a, [1, rows, k])), k), a_dtype,
+        _const(pack_gemm_weight(w, dot.lanes)[None]), _const(_column_corr(epilogue, correction, np_)[None]),
+        _const(np.zeros((1, rows), np.int32)), epilogue, (1, 1, rows, k, cols), "gemm",
     )
+    return R.reshape(out, [*lead, cols])
+
+
+#: largest K of an activation x activation product on the kernels: every partial sum of the corrected
+#: form (products up to 255 * 383 per k) then stays inside int32, as the reference's int32 MatMul does.
+_MAX_ACTIVATION_K = 4096
+
+
+def _widened(n: _Node, name: str) -> tuple[relax.Expr, str, int] | None:
+    """``(x, dtype, zp)`` when tensor ``name`` is ``Cast(x, to=int32)`` or ``Sub(Cast(x, to=int32), zp)``
+    with an 8-bit ``x`` and a constant scalar ``zp`` in [-255, 255]; else None."""
+    zero_point, node = 0, n.producer(name)
+    if node is not None and (node.domain, node.op_type) in (("", "Sub"), ("ai.onnx", "Sub")):
+        value = _scalar(n.const_operand(node, 1))
+        if value is None or not -255 <= value <= 255:
+            return None
+        zero_point, node = value, n.producer(node.input[0])
+    if node is None or node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
+        return None
+    if next((a.i for a in node.attribute if a.name == "to"), None) != onnx.TensorProto.INT32:
+        return None
+    x = n.tensor(node.input[0])
+    dtype = str(x.ty.dtype)
+    return (x, dtype, zero_point) if dtype in ("int8", "uint8") else None
+
+
+def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
+    """int32 ``MatMul((a - za), (b - zb))`` of two widened 8-bit activations (attention's Q.K^T and A.V) on
+    :func:`gemm_func`, batched over the leading dimensions, ``b`` packed at run time.
+
+    With ``A' = a + fa`` the bytes the instruction reads (``fa`` the sign-flip offset) and ``B' = b - fb``
+    (``fb = 128`` for a uint8 ``b``, fed as int8): ``(a - za) = A' - za'`` and ``(b - zb) = B' - zb'`` with
+    ``za' = za + fa``, ``zb' = zb - fb``, so ``sum_k (a - za)(b - zb) = sum_k A'B' - zb' sum_k A' - za' sum_k B'
+    + K za' zb'``: the kernel adds the per-row and per-column sums (computed beside it, over the real K) in
+    its epilogue; the packed ``B'`` is zero in the padded K, so whatever ``A'`` holds there adds nothing.
+    """
+    operands = [_widened(n, name) for name in n.proto.input]
+    shapes = [n.shape(0), n.shape(1)]
+    if (
+        None in operands or len(shapes[0]) < 2 or len(shapes[1]) < 2
+        or shapes[0][:-2] != shapes[1][:-2] or shapes[0][-1] > _MAX_ACTIVATION_K
+    ):
+        return _GENERIC[("", "MatMul")](n)
+    (a, a_dtype, za), (b, b_dtype, zb) = operands
+    lead, (m, k), cols = shapes[0][:-2], shapes[0][-2:], shapes[1][-1]
+    batch, np_ = math.prod(lead), -(-cols // dot.lanes) * dot.lanes
+    fa, fb = dot.flip_correction(a_dtype), (128 if b_dtype == "uint8" else 0)
+    za, zb = za + fa, zb - fb
+    epilogue = _absorb_epilogue(n, len(lead) + 2, len(lead) + 1, cols)
+    a3 = n.emit(R.reshape(a, [batch, m, k]))
+    b3 = n.emit(R.reshape(b, [batch, k, cols]))
+    a_sums = n.emit(R.sum(R.astype(a3, "int32"), axis=[2]))
+    b_sums = n.emit(R.sum(R.astype(b3, "int32"), axis=[1]))
+    row_corr = n.emit(R.multiply(R.add(a_sums, _const(np.int32(k * fa))), _const(np.int32(-zb))))
+    constant = _column_corr(epilogue, np.full(cols, k * za * zb, np.int64), cols)  # bias + K za' zb'
+    col_corr = R.add(R.multiply(R.subtract(b_sums, _const(np.int32(k * fb))), _const(np.int32(-za))),
+                     _const(constant))
     if np_ != cols:
-        out = n.emit(R.strided_slice(out, axes=[1], begin=[0], end=[cols]))
-    return out if len(lead) == 1 else R.reshape(out, [*lead, cols])
+        col_corr = R.nn.pad(col_corr, pad_width=[0, 0, 0, np_ - cols], pad_value=0)
+    packed = _call(
+        n, pack_gemm_operand_func(batch, k, cols, b_dtype, dot.lanes, _symbol(dot, "pack", b_dtype, batch, k, cols)),
+        [b3], [batch, np_ // dot.lanes, -(-k // 4), dot.lanes, 4], "int8",
+    )
+    out = _gemm_call(
+        n, dot, _pad_k(n, a3, k), a_dtype, packed, n.emit(col_corr), row_corr, epilogue,
+        (batch, batch, m, k, cols), "batched_gemm",
+    )
+    return R.reshape(out, [*lead, m, cols])
 
 
 def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
@@ -180,7 +275,7 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
     epilogue = _absorb_epilogue(n, 4, 1, w.shape[0])
     out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
     tag = "x".join(str(v) for v in (b, c, h, wd, *w.shape, *geometry.strides, *geometry.dilations))
-    name = f"qc_{dot.name.replace('-', '_')}_conv2d_{a_dtype}_{out_dtype}_{tag}"
+    name = _symbol(dot, "conv2d", a_dtype, out_dtype, tag)
     sh, sw = geometry.strides
     planes = _call(
         n, pack_conv_input_func(geometry, a_dtype, dot.lanes, name + "_pack"), [x],
@@ -190,7 +285,8 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
     grid = _call(
         n,
         conv2d_func(geometry, a_dtype, dot, epilogue.requant, name),
-        [planes, _const(pack_conv_weight(w)), *_epilogue_args(epilogue, correction, op)],
+        [planes, _const(pack_conv_weight(w)), _const(_column_corr(epilogue, correction, op)),
+         *_requant_args(epilogue, op)],
         [b, op, pp],
         out_dtype,
     )
@@ -204,4 +300,5 @@ def int8_kernels(dot: DotProduct) -> dict[tuple[str, str], Callable[[_Node], rel
     return {
         ("", "MatMulInteger"): lambda n: _matmul(dot, n),
         ("", "ConvInteger"): lambda n: _conv(dot, n),
+        ("", "MatMul"): lambda n: _activation_matmul(dot, n),
     }

@@ -71,10 +71,7 @@ class _Node:
 
     def arg(self, i: int) -> relax.Expr:
         """Operand ``i`` as a Relax expression (initializers become constants of the same dtype)."""
-        name = self.proto.input[i]
-        if name not in self._env:
-            self._env[name] = _const(self._consts[name])
-        return self._env[name]
+        return self.tensor(self.proto.input[i])
 
     def args(self) -> list[relax.Expr]:
         """All operands as Relax expressions."""
@@ -117,6 +114,16 @@ class _Node:
         """Declare that the converter's result is ``node``'s output: ``node`` (the sole consumer of the last
         output so far, all other operands initializers) is computed by this converter and not lowered again."""
         self.absorbed.append(node)
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        """The node computing tensor ``name`` (None for graph inputs and initializers)."""
+        return self._producers.get(name)
+
+    def tensor(self, name: str) -> relax.Expr:
+        """Tensor ``name`` (already lowered, or an initializer) as a Relax expression."""
+        if name not in self._env:
+            self._env[name] = _const(self._consts[name])
+        return self._env[name]
 
     def const_operand(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
         """Operand ``i`` of another node as a numpy array, when it is an initializer."""

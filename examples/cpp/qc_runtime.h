@@ -266,6 +266,13 @@ inline int64_t QuantizeValue(float x, float scale, int64_t zero_point, int64_t q
 
 // ---- the model ---------------------------------------------------------------------------------------------
 
+// Size the process's CPU thread pool (shared by every Model) to `num_threads` workers. Without a call the
+// pool uses TVM_NUM_THREADS, else every core.
+inline void SetNumThreads(int num_threads) {
+  if (num_threads < 1) throw std::runtime_error("num_threads must be positive");
+  ffi::Function::GetGlobalRequired("runtime.config_threadpool")(1, num_threads);  // 1: the big-core pool
+}
+
 class Model {
  public:
   // `artifact_dir` holds manifest.json and the library it names (manifest["library"]["library"]).

@@ -1,13 +1,14 @@
 // run_artifact: run a qc artifact on raw input files and write raw output files.
 //
-//   run_artifact <artifact_dir> <in_0.bin> [<in_1.bin> ...] --out <dir> [--float] [--repeat N]
+//   run_artifact <artifact_dir> <in_0.bin> [<in_1.bin> ...] --out <dir> [--float] [--repeat N] [--threads N]
 //
 // Without --float, in_i.bin holds the raw bytes (C order, native endianness) of integer input i in
 // manifest["library"]["inputs"] order; with --float, it holds float32 values of model input i in
 // manifest["inputs"] order, quantized here as ONNX QuantizeLinear does. Integer outputs are written as
 // <dir>/out_<i>.bin in manifest["library"]["outputs"] order; with --float, dequantized model outputs are also
 // written as <dir>/float_out_<i>.bin (float32) in manifest["outputs"] order. One line per output goes to
-// stdout; --repeat N runs the model N more times and prints the mean wall time.
+// stdout; --repeat N runs the model N more times and prints the mean wall time; --threads N sizes the CPU
+// thread pool (default: every core).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -32,7 +33,8 @@ std::string Shape(const std::vector<int64_t>& shape) {
 }
 
 int Usage() {
-  std::cerr << "usage: run_artifact <artifact_dir> <in_0.bin> ... --out <dir> [--float] [--repeat N]\n";
+  std::cerr << "usage: run_artifact <artifact_dir> <in_0.bin> ... --out <dir> [--float] [--repeat N] "
+               "[--threads N]\n";
   return 2;
 }
 
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> files;
   bool float_io = false;
   int repeat = 0;
+  int threads = 0;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--out" && i + 1 < argc) {
@@ -51,6 +54,9 @@ int main(int argc, char** argv) {
       float_io = true;
     } else if (arg == "--repeat" && i + 1 < argc) {
       repeat = std::atoi(argv[++i]);
+    } else if (arg == "--threads" && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+      if (threads < 1) return Usage();
     } else if (arg.rfind("--", 0) == 0) {
       return Usage();
     } else if (artifact.empty()) {
@@ -61,6 +67,7 @@ int main(int argc, char** argv) {
   }
   if (artifact.empty() || out_dir.empty()) return Usage();
   try {
+    if (threads) qc::SetNumThreads(threads);
     qc::Model model(artifact);
     size_t expected = float_io ? model.float_inputs().size() : model.inputs().size();
     if (files.size() != expected) {

@@ -92,6 +92,8 @@ CASES = {
                                           expect=("percentile",)),
     "unknown_option": Case(("compile", "tiny.onnx", "--bogus"), ("--bogus",), usage=True),
     "missing_option": Case(("run", "calib_dir"), ("--input",), usage=True),
+    "zero_threads": Case(("run", "calib_dir", "--input", "x.npz", "--output", "y.npz", "--threads", "0"),
+                         ("--threads",), usage=True),
     "unknown_command": Case(("frobnicate",), ("frobnicate",), usage=True),
 }
 
@@ -251,7 +253,7 @@ def test_compile_writes_the_artifact_and_prints_the_op_table(artifact, results):
 
 
 def test_run_writes_outputs_equal_to_the_python_api(work, artifact):
-    done = run_qc("run", "happy", "--input", "x.npz", "--output", "y.npz", "--integer", cwd=work)
+    done = run_qc("run", "happy", "--input", "x.npz", "--output", "y.npz", "--integer", "--threads", "2", cwd=work)
     assert done.returncode == 0, done.stderr
     import qcompiler
 

@@ -50,8 +50,9 @@ def run_cli(toolchain, runner, directory, inputs: list[np.ndarray], out, *flags)
     return toolchain.run(runner, [str(directory), *files, "--out", str(out), *flags])
 
 
-def check_artifact(toolchain, runner, directory, tmp_path):
-    """Integer I/O bit-exact with onnxruntime; float I/O equal to qc's Python quantize/dequantize."""
+def check_artifact(toolchain, runner, directory, tmp_path, *flags):
+    """Integer I/O bit-exact with onnxruntime; float I/O equal to qc's Python quantize/dequantize.
+    ``flags`` go to every run."""
     manifest = json.loads((directory / "manifest.json").read_text())
     boundary_in, boundary_out = manifest["inputs"][0], manifest["outputs"][0]
     (spec,) = manifest["library"]["outputs"]
@@ -60,7 +61,8 @@ def check_artifact(toolchain, runner, directory, tmp_path):
     reference = module.reference_session()
     for i, x in enumerate(FEEDS):
         ints = module.quantize_inputs({"input": x})
-        result = run_cli(toolchain, runner, directory, [ints[boundary_in["int_name"]]], tmp_path / f"int{i}")
+        result = run_cli(toolchain, runner, directory, [ints[boundary_in["int_name"]]], tmp_path / f"int{i}",
+                         *flags)
         assert result.returncode == 0, result.stderr
         got = np.fromfile(tmp_path / f"int{i}" / "out_0.bin", dtype=spec["dtype"]).reshape(spec["shape"])
         (want,) = reference.run(None, ints)
@@ -68,17 +70,18 @@ def check_artifact(toolchain, runner, directory, tmp_path):
             f"feed {i}: {np.count_nonzero(got != want)} differ"
         )
 
-        result = run_cli(toolchain, runner, directory, [x], tmp_path / f"float{i}", "--float")
+        result = run_cli(toolchain, runner, directory, [x], tmp_path / f"float{i}", "--float", *flags)
         assert result.returncode == 0, result.stderr
         floats = np.fromfile(tmp_path / f"float{i}" / "float_out_0.bin", dtype=np.float32)
         expected = dequantize(want, boundary_out["scale"], boundary_out["zero_point"])
         assert np.array_equal(floats.reshape(expected.shape), expected)
 
 
-def test_host_runner_is_bit_exact_on_the_x86_tiny_cnn(tiny_cnn, tmp_path):
+@pytest.mark.parametrize("threads", [[], ["--threads", "1"], ["--threads", "2"]])
+def test_host_runner_is_bit_exact_on_the_x86_tiny_cnn(tiny_cnn, tmp_path, threads):
     runner = host_runner()
     directory = compile_tiny(tiny_cnn, "x86", tmp_path / "artifact")
-    check_artifact(cross.HOST_TOOLCHAIN, runner, directory, tmp_path)
+    check_artifact(cross.HOST_TOOLCHAIN, runner, directory, tmp_path, *threads)
 
 
 def test_aarch64_runner_is_bit_exact_under_qemu(tiny_cnn, tmp_path, monkeypatch):

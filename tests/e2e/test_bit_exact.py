@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnxruntime
 import pytest
 
 import qcompiler
+from qcompiler.targets import set_num_threads
 from qcompiler.verify import integer_region_problems
 from tests.e2e.conftest import compile_light
 from tests.e2e.zoo import LIGHT_MODELS
@@ -98,3 +100,22 @@ def test_attention_head_bit_exact(tmp_path):
     calibration = {"x": np.random.default_rng(0).standard_normal((16, 8, 16)).astype(np.float32)}
     artifact = qcompiler.compile(_attention_model(tmp_path / "attention.onnx"), target="x86", calibration=calibration)
     assert_bit_exact(artifact, [{"x": calibration["x"][i:i + 1]} for i in range(3)])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_count_changes_no_bit(tiny_artifact, tiny_calibration, tmp_path, threads):
+    directory = tiny_artifact.save(tmp_path / "saved")
+    feed = {"input": tiny_calibration["input"][:1]}
+    want = tiny_artifact.module().run(feed)["probs"]
+    try:
+        got = qcompiler.load(directory, num_threads=threads).run(feed)["probs"]
+    finally:
+        set_num_threads(os.cpu_count())  # the default pool again, for the tests after this one
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_thread_count_is_refused(tiny_artifact, tmp_path, bad):
+    directory = tiny_artifact.save(tmp_path / "saved")
+    with pytest.raises(qcompiler.QcError, match="num_threads must be a positive integer"):
+        qcompiler.load(directory, num_threads=bad)

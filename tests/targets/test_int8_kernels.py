@@ -1,0 +1,239 @@
+"""The x86 int8 dot-product kernels (VNNI GEMM and convolution with the fused epilogue), bit-exact with
+onnxruntime over edge values: saturating inputs, zero points at the extremes, K and N that do not divide
+the tiles, strides and dilations; plus which nodes the lowering fuses and which it leaves to the generic
+converters."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx.numpy_helper
+import pytest
+from targets_testkit import (
+    ONNX_DTYPES,
+    assert_bit_exact,
+    node,
+    random_feeds,
+    random_int,
+    region,
+    requantize,
+    requantize_params,
+)
+
+from qcompiler.targets import get_target
+from qcompiler.targets.int8_kernels import pack_gemm_weight
+from qcompiler.targets.relax_lowering import lower
+
+
+def _cpu_flags() -> set[str]:
+    text = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()[2:]}
+
+
+#: mcpu -> the host feature its kernels need; a kernel the host cannot run is skipped, and says so.
+_INSTRUCTIONS = {"icelake-server": "avx512_vnni", "alderlake": "avx_vnni"}
+_FLAGS = _cpu_flags()
+INSTRUCTION_MCPUS = [
+    pytest.param(mcpu, marks=pytest.mark.skipif(flag not in _FLAGS, reason=f"host CPU lacks {flag}"))
+    for mcpu, flag in _INSTRUCTIONS.items()
+]
+
+
+def _compile(model, tmp_path, mcpu):
+    target = get_target("x86", mcpu=mcpu)
+    assert target.dot_product is not None
+    return target.load(tmp_path, target.compile(model, tmp_path))
+
+
+def _epilogue_params(rng, channels: int, to: str, shape) -> dict:
+    """Per-channel bias and requantization with wide multipliers, shifts from 1 to 40 and an extreme zp."""
+    info = np.iinfo(to)
+    zero_point = info.max if to == "uint8" else info.min
+    multiplier = rng.integers(1, 2**31, size=channels).reshape(shape)
+    shift = rng.integers(1, 41, size=channels).reshape(shape)
+    params = requantize_params("rq", multiplier, shift, zero_point, info.min, info.max)
+    params["bias"] = rng.integers(-(2**20), 2**20, size=channels, dtype=np.int32).reshape(shape)
+    return params
+
+
+def _gemm_region(m, k, n, a_dtype, epilogue: str | None, seed=0, lead=()):
+    rng = np.random.default_rng(seed)
+    w = random_int(rng, "int8", (k, n))
+    w[0, :] = -128  # saturating weights in the first row
+    inits = {"w": w}
+    nodes = [node("MatMulInteger", ["a", "w"], ["acc"])]
+    out = "acc"
+    if epilogue:
+        inits.update(_epilogue_params(rng, n, epilogue, (n,)))
+        nodes += [node("Add", ["acc", "bias"], ["biased"]), requantize("biased", "y", "rq", to=epilogue)]
+        out = "y"
+    return region(nodes, {"a": (a_dtype, (*lead, m, k))}, [out], inits)
+
+
+def _saturated(model, dtype: str) -> dict:
+    """Every activation at the dtype's maximum, then every one at the minimum (two feeds)."""
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    info = np.iinfo(dtype)
+    return [{model.graph.input[0].name: np.full(shape, v, dtype)} for v in (info.max, info.min)]
+
+
+@pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("epilogue", [None, "uint8", "int8"])
+@pytest.mark.parametrize(("m", "k", "n"), [(7, 10, 17), (5, 13, 35), (13, 64, 48), (1, 3, 1)])
+def test_gemm_bit_exact(tmp_path, mcpu, a_dtype, epilogue, m, k, n):
+    model = _gemm_region(m, k, n, a_dtype, epilogue)
+    module = _compile(model, tmp_path, mcpu)
+    for feeds in [random_feeds(model, seed=1), *_saturated(model, a_dtype)]:
+        assert_bit_exact(model, module, feeds)
+
+
+@pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
+def test_gemm_with_batched_rows_and_long_k(tmp_path, mcpu):
+    """A 3-D activation (rows flattened) and K = 1028, where saturated sums reach 1028 * 255 * 128."""
+    model = _gemm_region(9, 1028, 40, "uint8", "int8", lead=(2,))
+    module = _compile(model, tmp_path, mcpu)
+    for feeds in [random_feeds(model, seed=2), *_saturated(model, "uint8")]:
+        assert_bit_exact(model, module, feeds)
+
+
+def _conv_region(x_shape, w_shape, a_dtype, epilogue, seed=0, **attrs):
+    rng = np.random.default_rng(seed)
+    inits = {"w": random_int(rng, "int8", w_shape)}
+    nodes = [node("ConvInteger", ["x", "w"], ["acc"], **attrs)]
+    out = "acc"
+    if epilogue:
+        inits.update(_epilogue_params(rng, w_shape[0], epilogue, (w_shape[0], 1, 1)))
+        nodes += [node("Add", ["acc", "bias"], ["biased"]), requantize("biased", "y", "rq", to=epilogue)]
+        out = "y"
+    return region(nodes, {"x": (a_dtype, x_shape)}, [out], inits)
+
+
+CONVS = {
+    "3x3": ((1, 8, 9, 11), (6, 8, 3, 3), {}),
+    "3x3-stride2": ((1, 5, 12, 13), (9, 5, 3, 3), {"strides": [2, 2]}),
+    "7x7-stride2-rgb": ((1, 3, 21, 21), (5, 3, 7, 7), {"strides": [2, 2]}),
+    "1x1-stride2": ((1, 16, 7, 7), (20, 16, 1, 1), {"strides": [2, 2]}),
+    "3x2-stride23-dilation21": ((2, 6, 13, 14), (7, 6, 3, 2), {"strides": [2, 3], "dilations": [2, 1]}),
+}
+
+
+@pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("epilogue", [None, "uint8", "int8"])
+@pytest.mark.parametrize("case", list(CONVS))
+def test_conv_bit_exact(tmp_path, mcpu, a_dtype, epilogue, case):
+    x_shape, w_shape, attrs = CONVS[case]
+    model = _conv_region(x_shape, w_shape, a_dtype, epilogue, **attrs)
+    module = _compile(model, tmp_path, mcpu)
+    for feeds in [random_feeds(model, seed=3), *_saturated(model, a_dtype)]:
+        assert_bit_exact(model, module, feeds)
+
+
+ONNX_NP = {code: np.dtype(name) for name, code in ONNX_DTYPES.items()}
+
+
+def _kernel_names(module) -> list[str]:
+    return [gv.name_hint for gv in module.functions]
+
+
+def _kernel_calls(module) -> list[str]:
+    return [name for name in _kernel_names(module) if name.startswith("qc_avx512_vnni")]
+
+
+def test_bias_and_requantize_are_absorbed_into_the_kernel():
+    module = lower(_gemm_region(7, 10, 17, "uint8", "int8"), get_target("x86", mcpu="icelake-server").kernels())
+    assert _kernel_calls(module) == ["qc_avx512_vnni_gemm_uint8_int8_1x7x10x17"]
+    text = module["main"].script()
+    assert "int64" not in text and "add" not in text  # no int64 tensor, no separate bias add
+
+
+def test_a_shared_accumulator_is_not_absorbed(tmp_path):
+    """The accumulator also feeds a graph output: the kernel stops at int32, the epilogue runs generically."""
+    base = _gemm_region(5, 13, 35, "int8", "uint8")
+    graph = base.graph
+    model = region(
+        list(graph.node),
+        {"a": ("int8", (5, 13))},
+        ["y", "acc"],
+        {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer},
+    )
+    target = get_target("x86", mcpu="icelake-server")
+    assert _kernel_calls(lower(model, target.kernels())) == ["qc_avx512_vnni_gemm_int8_int32_1x5x13x35"]
+    if "avx512_vnni" in _FLAGS:
+        assert_bit_exact(model, _compile(model, tmp_path, "icelake-server"), random_feeds(model, seed=4))
+
+
+def test_grouped_and_activation_operands_use_the_generic_lowering(tmp_path):
+    rng = np.random.default_rng(5)
+    model = region(
+        [
+            node("ConvInteger", ["x", "wg"], ["g"], group=2),
+            node("MatMulInteger", ["a", "b"], ["ab"]),
+        ],
+        {"x": ("uint8", (1, 4, 6, 6)), "a": ("int8", (3, 8)), "b": ("int8", (8, 5))},
+        ["g", "ab"],
+        {"wg": random_int(rng, "int8", (6, 2, 3, 3))},
+    )
+    target = get_target("x86", mcpu="icelake-server")
+    assert _kernel_calls(lower(model, target.kernels())) == []
+    host = get_target("x86")
+    assert_bit_exact(model, host.load(tmp_path, host.compile(model, tmp_path)), random_feeds(model, seed=6))
+
+
+def test_pack_gemm_weight_layout():
+    w = np.arange(5 * 3, dtype=np.int8).reshape(5, 3)
+    packed = pack_gemm_weight(w, 4)
+    assert packed.shape == (1, 2, 4, 4)
+    for k in range(8):
+        for c in range(4):
+            want = w[k, c] if k < 5 and c < 3 else 0
+            assert packed[c // 4, k // 4, c % 4, k % 4] == want
+
+
+def _attention_region(a_dtype, za, b_dtype, zb, lead, m, k, n, epilogue, seed=0):
+    """``MatMul(Cast(a) - za, Cast(b) - zb)`` over int32 (attention's Q.K^T / A.V form) [+ Requantize]."""
+    rng = np.random.default_rng(seed)
+    int32 = ONNX_DTYPES["int32"]
+    nodes = [node("Cast", ["a"], ["a32"], to=int32), node("Cast", ["b"], ["b32"], to=int32)]
+    inits = {}
+    names = []
+    for side, zp in (("a", za), ("b", zb)):
+        if zp is None:
+            names.append(f"{side}32")
+        else:
+            inits[f"{side}_zp"] = np.int32(zp)
+            nodes.append(node("Sub", [f"{side}32", f"{side}_zp"], [f"{side}c"]))
+            names.append(f"{side}c")
+    nodes.append(node("MatMul", names, ["acc"]))
+    out = "acc"
+    if epilogue:
+        params = _epilogue_params(rng, n, epilogue, (n,))
+        del params["bias"]
+        inits.update(params)
+        nodes.append(requantize("acc", "y", "rq", to=epilogue))
+        out = "y"
+    return region(nodes, {"a": (a_dtype, (*lead, m, k)), "b": (b_dtype, (*lead, k, n))}, [out], inits)
+
+
+ATTENTION = {
+    "qk-uint8-zp": ("uint8", 131, "uint8", 97, (1, 3), 7, 10, 17, "int8"),
+    "qk-int8-extreme-zp": ("int8", -128, "int8", 127, (2,), 5, 13, 35, "uint8"),
+    "av-mixed-no-zp": ("uint8", None, "int8", 3, (1, 2), 9, 33, 16, None),
+    "int8-uint8-255": ("int8", 0, "uint8", 255, (3,), 4, 4, 1, "int8"),
+}
+
+
+@pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
+@pytest.mark.parametrize("case", list(ATTENTION))
+def test_activation_matmul_bit_exact(tmp_path, mcpu, case):
+    model = _attention_region(*ATTENTION[case])
+    module = _compile(model, tmp_path, mcpu)
+    assert any(name.startswith("qc_") and "batched_gemm" in name
+               for name in _kernel_names(lower(model, get_target("x86", mcpu=mcpu).kernels())))
+    saturated = {v.name: np.full([d.dim_value for d in v.type.tensor_type.shape.dim],
+                                 np.iinfo(ONNX_NP[v.type.tensor_type.elem_type]).max,
+                                 ONNX_NP[v.type.tensor_type.elem_type]) for v in model.graph.input}
+    for feeds in [random_feeds(model, seed=7), saturated]:
+        assert_bit_exact(model, module, feeds)
