@@ -17,6 +17,7 @@ import tvm
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets._base import Progress
 from qcompiler.targets._runtime import region_signature
+from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_module
 from qcompiler.targets.relax_lowering import lower
 
 __all__ = ["build_relax_library", "cpu_pipeline"]
@@ -45,12 +46,12 @@ def run_step(target_name: str, step: str, progress: Progress | None, run: Callab
 _OPAQUE = 8
 
 
-@tvm.transform.module_pass(opt_level=0, name="qc_mark_kernels_opaque")
-def _mark_kernels_opaque(module: tvm.IRModule, _context) -> tvm.IRModule:
-    """Every PrimFunc already in the module is a target's hand-written kernel: keep it whole."""
+@tvm.transform.module_pass(opt_level=0, name="qc_mark_kernels")
+def _mark_kernels(module: tvm.IRModule, _context) -> tvm.IRModule:
+    """Every PrimFunc already in the module is a target's hand-written kernel: keep it whole, unscheduled."""
     for gv, func in list(module.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc):
-            module[gv] = func.with_attr("op_pattern", _OPAQUE)
+            module[gv] = func.with_attrs({"op_pattern": _OPAQUE, KERNEL_ATTR: True})
     return module
 
 
@@ -59,14 +60,15 @@ def cpu_pipeline() -> tvm.transform.Pass:
 
     After legalization, chains of elementwise and injective ops, and a legalized reduction or convolution
     with the elementwise ops after it, become one TIR function each (FuseOps + FuseTIR), so their
-    intermediates never reach memory. The target's own kernels (call_tir functions present before
-    legalization) stay opaque: they are already scheduled. Fusion regroups loops and does not change
-    any integer operation, so the result stays bit-exact.
+    intermediates never reach memory; each such function then gets the default parallel/vector schedule of
+    :mod:`~qcompiler.targets.cpu_schedule`. The target's own kernels (call_tir functions present before
+    legalization) stay opaque and as written. Neither step changes an integer operation, so the result
+    stays bit-exact.
     """
     transform = tvm.relax.transform
     return tvm.transform.Sequential(
         [
-            _mark_kernels_opaque,
+            _mark_kernels,
             tvm.relax.backend.DispatchSampling(),
             tvm.relax.backend.DispatchSortScan(),
             transform.DeadCodeElimination(),  # e.g. the widening Casts a kernel reads around
@@ -75,6 +77,7 @@ def cpu_pipeline() -> tvm.transform.Pass:
             transform.FoldConstant(),
             transform.FuseOps(),
             transform.FuseTIR(),
+            schedule_module,
             transform.RewriteDataflowReshape(),
             transform.ToNonDataflow(),
             transform.RemovePurityChecking(),

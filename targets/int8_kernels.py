@@ -45,12 +45,16 @@ from tvm.script import tirx as T
 
 __all__ = [
     "AVX512_VNNI",
+    "DEPTHWISE_TILE",
     "AVX_VNNI",
     "ConvGeometry",
     "DotProduct",
     "Requant",
     "conv2d_func",
     "conv_grid",
+    "conv_tile",
+    "depthwise_conv2d_func",
+    "gemm_columns",
     "gemm_func",
     "pack_conv_input_func",
     "pack_conv_weight",
@@ -102,8 +106,10 @@ class Requant:
     dtype: str
 
 
-#: output channels x pixel vectors per convolution register tile.
-_CONV_TILE = (4, 3)
+#: (output channels, pixel vectors) convolution register tiles of 12 accumulators, in order of preference.
+_CONV_TILES = ((4, 3), (6, 2), (12, 1))
+#: the depthwise kernel's tile: one channel, pixel vectors enough to hide the multiply's latency.
+DEPTHWISE_TILE = (1, 4)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -111,7 +117,8 @@ def _ceil(a: int, b: int) -> int:
 
 
 def pack_gemm_weight(w: np.ndarray, lanes: int) -> np.ndarray:
-    """``w[K, N]`` int8 -> ``wp[Np/L, Kp/4, L, 4]``, ``wp[no, ko, ni, t] = w[4 ko + t, L no + ni]``, zero-padded.
+    """``w[K, N]`` int8 -> ``wp[Np/L, Kp/4, L, 4]``, ``wp[no, ko, ni, t] = w[4 ko + t, L no + ni]``, zero-padded
+    (``Np``: :func:`gemm_columns`).
 
     >>> pack_gemm_weight(np.arange(6, dtype=np.int8).reshape(2, 3), 4)[0, 0]
     array([[0, 3, 0, 0],
@@ -120,28 +127,30 @@ def pack_gemm_weight(w: np.ndarray, lanes: int) -> np.ndarray:
            [0, 0, 0, 0]], dtype=int8)
     """
     k, n = w.shape
-    kp, np_ = 4 * _ceil(k, 4), lanes * _ceil(n, lanes)
+    kp, np_ = 4 * _ceil(k, 4), gemm_columns(n, lanes)
     padded = np.zeros((kp, np_), np.int8)
     padded[:k, :n] = w
     return np.ascontiguousarray(padded.reshape(kp // 4, 4, np_ // lanes, lanes).transpose(2, 0, 3, 1))
 
 
-def pack_conv_weight(w: np.ndarray) -> np.ndarray:
+def pack_conv_weight(w: np.ndarray, out_channels: int) -> np.ndarray:
     """``w[O, C, KH, KW]`` int8 -> ``wp[Op, C4, KH, KW, 4]`` (``wp[o, c4, dy, dx, t] = w[o, 4 c4 + t, dy, dx]``),
-    zero-padded to whole channel tiles."""
+    zero-padded to ``Op = out_channels`` (from :func:`conv_grid`)."""
     o, c, kh, kw = w.shape
-    out_block = _CONV_TILE[0]
-    padded = np.zeros((out_block * _ceil(o, out_block), 4 * _ceil(c, 4), kh, kw), np.int8)
+    padded = np.zeros((out_channels, 4 * _ceil(c, 4), kh, kw), np.int8)
     padded[:o, :c] = w
     return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4, kh, kw).transpose(0, 1, 3, 4, 2))
 
 
-def _epilogue(requant: Requant | None, lanes: int):
-    """A TIR macro ``store(out, index, v, j, last)``: the epilogue on ``v = acc + corr`` for channels ``j``.
+def _epilogue(requant: Requant | None, lanes: int, channel_lanes: bool):
+    """A TIR macro ``store(out, index, v, mult, half, shift, j)``: the epilogue on ``v = acc + corr`` for
+    channels ``j``, a ramp when ``channel_lanes`` (GEMM: lanes are channels), else one scalar channel
+    (convolution: lanes are pixels); ``index`` is the output index tuple whose last entry is the lane ramp.
 
-    ``j`` is a ramp (GEMM: lanes are channels) or a scalar channel (convolution: lanes are pixels); ``index``
-    is the output index tuple whose last entry is the lane ramp.
+    ``mult`` is int32 (qc's multipliers have at most 31 bits), so the product is a 32 x 32 -> 64-bit one
+    (``vpmuldq``), not a full 64-bit multiply: the same integers, computed in fewer instructions.
     """
+    wide = f"int64x{lanes}" if channel_lanes else "int64"
 
     @T.macro
     def store(out, index, v, mult, half, shift, j):
@@ -151,7 +160,7 @@ def _epilogue(requant: Requant | None, lanes: int):
             out[index] = T.Cast(
                 f"{requant.dtype}x{lanes}",
                 T.max(
-                    T.min(((T.Cast(f"int64x{lanes}", v) * mult[j] + half[j]) >> shift[j])
+                    T.min(((T.Cast(f"int64x{lanes}", v) * T.Cast(wide, mult[j]) + half[j]) >> shift[j])
                           + T.int64(requant.zero_point), T.int64(requant.qmax)),
                     T.int64(requant.qmin),
                 ),
@@ -176,10 +185,21 @@ def _flip_vector(value, flip: int, lanes: int):
     return T.reinterpret(words, dtype=f"int8x{4 * lanes}")
 
 
-def _gemm_blocking(m: int, blocks: int) -> tuple[int, int]:
-    """Rows x column vectors per register tile (at most 12 accumulators, columns dividing ``blocks``)."""
-    nr = next(b for b in (3, 4, 2, 1) if blocks % b == 0)
-    return (4 if nr <= 3 else 3), nr
+#: (rows, column vectors) register tiles of 12 accumulators, in order of preference.
+_GEMM_TILES = ((4, 3), (3, 4), (6, 2), (12, 1))
+
+
+def _gemm_blocking(n: int, lanes: int) -> tuple[int, int, int]:
+    """``(mr, nr, blocks)``: the register tile wasting the fewest padded column vectors, and how many
+    column vectors the padded output has (a multiple of ``nr``)."""
+    vectors = _ceil(n, lanes)
+    mr, nr = min(_GEMM_TILES, key=lambda tile: _ceil(vectors, tile[1]) * tile[1])
+    return mr, nr, _ceil(vectors, nr) * nr
+
+
+def gemm_columns(n: int, lanes: int) -> int:
+    """``Np``: the padded column count of a GEMM output with ``n`` columns (whole register tiles)."""
+    return _gemm_blocking(n, lanes)[2] * lanes
 
 
 def gemm_func(
@@ -198,16 +218,16 @@ def gemm_func(
     Args ``(a, wp, corr, row_corr, mult, half, shift, out)``: ``a[batch, M, Kp]`` already padded to
     ``Kp = ceil(K / 4) * 4`` columns (the caller pads), ``wp[weight_batch, Np/L, Kp/4, L, 4]`` packed by
     :func:`pack_gemm_weight` (or :func:`pack_gemm_operand_func` at run time), ``corr[weight_batch, Np]``
-    per column and ``row_corr[batch, M]`` per row (int32), ``mult``/``half``/``shift[Np]`` (int64). The
-    output has ``Np = ceil(N / L) * L`` columns (the caller crops to N); without ``requant`` it is the int32
+    per column and ``row_corr[batch, M]`` per row (int32), ``mult[Np]`` (int32), ``half``/``shift[Np]`` (int64). The
+    output has ``Np`` (:func:`gemm_columns`) columns (the caller crops to N); without ``requant`` it is the int32
     ``v`` and the last three arrays are unused.
     """
     lanes = dot.lanes
-    kp, blocks = 4 * _ceil(k, 4), _ceil(n, lanes)
+    kp = 4 * _ceil(k, 4)
+    mr, nr, blocks = _gemm_blocking(n, lanes)
     np_ = blocks * lanes
-    mr, nr = _gemm_blocking(m, blocks)
     flip = dot.flip_correction(a_dtype)
-    store = _epilogue(requant, lanes)
+    store = _epilogue(requant, lanes, channel_lanes=True)
     out_dtype = requant.dtype if requant else "int32"
     column_tiles, full_rows = blocks // nr, m // mr * mr
     tiles = m // mr * column_tiles
@@ -240,7 +260,7 @@ def gemm_func(
         wp: T.Buffer((weight_batch, blocks, kp // 4, lanes, 4), "int8"),
         corr: T.Buffer((weight_batch, np_), "int32"),
         row_corr: T.Buffer((batch, m), "int32"),
-        mult: T.Buffer((np_,), "int64"),
+        mult: T.Buffer((np_,), "int32"),
         half: T.Buffer((np_,), "int64"),
         shift: T.Buffer((np_,), "int64"),
         out: T.Buffer((batch, m, np_), out_dtype),
@@ -262,7 +282,7 @@ def gemm_func(
 def pack_gemm_operand_func(batch: int, k: int, n: int, b_dtype: str, lanes: int, name: str) -> tvm.tirx.PrimFunc:
     """Run-time :func:`pack_gemm_weight` of an activation ``b[batch, K, N]`` -> ``bp[batch, Np/L, Kp/4, L, 4]``
     as int8 (a uint8 ``b`` with its sign bit flipped, i.e. ``b - 128``), zero-padded."""
-    kp, blocks = 4 * _ceil(k, 4), _ceil(n, lanes)
+    kp, blocks = 4 * _ceil(k, 4), gemm_columns(n, lanes) // lanes
     b = te.placeholder((batch, k, n), b_dtype, name="b")
 
     def value(bt, no, ko, ni, t):
@@ -305,10 +325,22 @@ class ConvGeometry:
         return (dy * dh) % sh, (dx * dw) % sw, (dy * dh) // sh * self.plane[1] + (dx * dw) // sw
 
 
-def conv_grid(geometry: ConvGeometry, lanes: int) -> tuple[int, int, int]:
-    """``(Op, Pp, F)``: padded output channels, padded grid pixels and the phase planes' flat length."""
+def conv_tile(geometry: ConvGeometry, lanes: int) -> tuple[int, int]:
+    """``(output channels, pixel vectors)`` of the register tile computing the fewest padded outputs."""
+    pixels = geometry.out_size[0] * geometry.plane[1]
+
+    def padded(tile: tuple[int, int]) -> int:
+        ob, pb = tile
+        return _ceil(geometry.out_channels, ob) * ob * _ceil(pixels, pb * lanes) * pb * lanes
+
+    return min(_CONV_TILES, key=padded)
+
+
+def conv_grid(geometry: ConvGeometry, lanes: int, tile: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """``(Op, Pp, F)``: padded output channels, padded grid pixels and the phase planes' flat length, for
+    register tiles ``tile`` (default :func:`conv_tile`)."""
     oh, _ = geometry.out_size
-    ob, pb = _CONV_TILE
+    ob, pb = tile or conv_tile(geometry, lanes)
     pixels = oh * geometry.plane[1]
     pp = pb * lanes * _ceil(pixels, pb * lanes)
     kh, kw = geometry.kernel
@@ -316,22 +348,36 @@ def conv_grid(geometry: ConvGeometry, lanes: int) -> tuple[int, int, int]:
     return ob * _ceil(geometry.out_channels, ob), pp, pp + reach
 
 
-def pack_conv_input_func(geometry: ConvGeometry, a_dtype: str, lanes: int, name: str) -> tvm.tirx.PrimFunc:
-    """``x[B, C, H, W] -> xp[B, C4, sh, sw, F, 4]`` (phase planes, zero-filled); see the module docstring."""
+def pack_conv_input_func(
+    geometry: ConvGeometry, a_dtype: str, lanes: int, name: str, depthwise: bool = False
+) -> tvm.tirx.PrimFunc:
+    """``x[B, C, H, W] -> xp[B, C/cb, sh, sw, F, cb]`` (phase planes, zero-filled; see the module docstring)
+    with channel blocks ``cb`` of 4 for :func:`conv2d_func`, of 1 for :func:`depthwise_conv2d_func`.
+    Parallel over (batch, channel block); rows and columns are loops of their own (no index division)."""
     g = geometry
     (sh, sw), (hq, wq) = g.strides, g.plane
-    c4 = _ceil(g.channels, 4)
-    _, _, flat = conv_grid(g, lanes)
-    x = te.placeholder((g.batch, g.channels, g.height, g.width), a_dtype, name="x")
+    block = 1 if depthwise else 4
+    blocks = _ceil(g.channels, block)
+    _, _, flat = conv_grid(g, lanes, DEPTHWISE_TILE if depthwise else None)
+    zero = tvm.tirx.const(0, a_dtype)
 
-    def value(b, q, ph, pw, f, t):
-        c, row, col = q * 4 + t, f // wq * sh + ph, f % wq * sw + pw
-        inside = tvm.tirx.all(c < g.channels, f < hq * wq, row < g.height, col < g.width)
-        safe = (tvm.te.min(c, g.channels - 1), tvm.te.min(row, g.height - 1), tvm.te.min(col, g.width - 1))
-        return te.if_then_else(inside, x[b, safe[0], safe[1], safe[2]], tvm.tirx.const(0, a_dtype))
+    @T.prim_func(s_tir=True)
+    def pack(x: T.Buffer((g.batch, g.channels, g.height, g.width), a_dtype),
+             xp: T.Buffer((g.batch, blocks, sh, sw, flat, block), a_dtype)):
+        T.func_attr({"global_symbol": name, "tir.noalias": True})
+        with T.sblock("root"):  # (Relax's reshape analysis requires a root block of a layout change)
+            for bq in T.parallel(g.batch * blocks):
+                for ph, pw, i, j, t in T.grid(sh, sw, hq, wq, block):
+                    xp[bq // blocks, bq % blocks, ph, pw, i * wq + j, t] = T.if_then_else(
+                        bq % blocks * block + t < g.channels and i * sh + ph < g.height and j * sw + pw < g.width,
+                        x[bq // blocks, T.min(bq % blocks * block + t, g.channels - 1),
+                          T.min(i * sh + ph, g.height - 1), T.min(j * sw + pw, g.width - 1)],
+                        zero,
+                    )
+                for ph, pw, f, t in T.grid(sh, sw, flat - hq * wq, block):
+                    xp[bq // blocks, bq % blocks, ph, pw, hq * wq + f, t] = zero
 
-    xp = te.compute((g.batch, c4, sh, sw, flat, 4), value, name="xp")
-    return te.create_prim_func([x, xp]).with_attr("global_symbol", name)
+    return pack
 
 
 def conv2d_func(
@@ -343,10 +389,10 @@ def conv2d_func(
     (kh, kw), (sh, sw) = g.kernel, g.strides
     c4 = _ceil(g.channels, 4)
     op, pp, flat = conv_grid(g, lanes)
-    ob, pb = _CONV_TILE
+    ob, pb = conv_tile(g, lanes)
     flip = dot.flip_correction(a_dtype)
     out_dtype = requant.dtype if requant else "int32"
-    store = _epilogue(requant, lanes)
+    store = _epilogue(requant, lanes, channel_lanes=False)
     (dh, dw), wq = g.dilations, g.plane[1]
     channel_blocks, pixel_blocks = op // ob, pp // (pb * lanes)
 
@@ -355,7 +401,7 @@ def conv2d_func(
         xp: T.Buffer((g.batch, c4, sh, sw, flat, 4), a_dtype),
         wp: T.Buffer((op, c4, kh, kw, 4), "int8"),
         corr: T.Buffer((op,), "int32"),
-        mult: T.Buffer((op,), "int64"),
+        mult: T.Buffer((op,), "int32"),
         half: T.Buffer((op,), "int64"),
         shift: T.Buffer((op,), "int64"),
         out: T.Buffer((g.batch, op, pp), out_dtype),
@@ -393,3 +439,57 @@ def conv2d_func(
                       mult, half, shift, t // pixel_blocks % channel_blocks * ob + i)
 
     return conv
+
+
+def depthwise_conv2d_func(
+    geometry: ConvGeometry, a_dtype: str, lanes: int, requant: Requant | None, name: str
+) -> tvm.tirx.PrimFunc:
+    """Depthwise convolution (``group = C = O``): ``out[B, C, Pp] = epilogue(conv(xp, w) + corr)`` on the
+    padded grid, on int32 lanes (each output channel reads one input channel, so there is no 4-way sum for
+    a dot-product instruction: the activations are widened exactly and multiplied by the broadcast weight).
+
+    Args ``(xp, w, corr, mult, half, shift, out)``: ``xp`` from :func:`pack_conv_input_func` with
+    ``depthwise=True``, ``w[C, KH * KW]`` int32, per-channel arrays of C entries. The caller crops
+    ``[:, :, :OH * Wq]``.
+    """
+    g = geometry
+    (kh, kw), (sh, sw), (dh, dw), wq = g.kernel, g.strides, g.dilations, g.plane[1]
+    _, pp, flat = conv_grid(g, lanes, DEPTHWISE_TILE)
+    pb = DEPTHWISE_TILE[1]
+    out_dtype = requant.dtype if requant else "int32"
+    store = _epilogue(requant, lanes, channel_lanes=False)
+    pixel_blocks = pp // (pb * lanes)
+
+    @T.prim_func(s_tir=True)
+    def depthwise(
+        xp: T.Buffer((g.batch, g.channels, sh, sw, flat, 1), a_dtype),
+        w: T.Buffer((g.channels, kh * kw), "int32"),
+        corr: T.Buffer((g.channels,), "int32"),
+        mult: T.Buffer((g.channels,), "int32"),
+        half: T.Buffer((g.channels,), "int64"),
+        shift: T.Buffer((g.channels,), "int64"),
+        out: T.Buffer((g.batch, g.channels, pp), out_dtype),
+    ):
+        T.func_attr({"global_symbol": name, "tir.noalias": True})
+        # (no named temporaries: TVMScript would store each one in a buffer)
+        for t in T.parallel(g.batch * g.channels * pixel_blocks):
+            acc = T.alloc_buffer((pb, lanes), "int32", scope="global")  # small global: a stack array
+            for j in T.unroll(pb):
+                acc[j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+            for dy in T.unroll(kh):
+                for dx in T.unroll(kw):
+                    for j in T.unroll(pb):
+                        acc[j, T.ramp(0, 1, lanes)] = acc[j, T.ramp(0, 1, lanes)] + T.Cast(
+                            f"int32x{lanes}",
+                            xp.vload([t // (g.channels * pixel_blocks), t // pixel_blocks % g.channels,
+                                      dy * dh % sh, dx * dw % sw,
+                                      t % pixel_blocks * (pb * lanes) + j * lanes
+                                      + dy * dh // sh * wq + dx * dw // sw, 0], f"{a_dtype}x{lanes}"),
+                        ) * T.broadcast(w[t // pixel_blocks % g.channels, dy * kw + dx], lanes)
+            for j in T.serial(pb):
+                store(out, [t // (g.channels * pixel_blocks), t // pixel_blocks % g.channels,
+                            T.ramp(t % pixel_blocks * (pb * lanes) + j * lanes, 1, lanes)],
+                      acc[j, T.ramp(0, 1, lanes)] + T.broadcast(corr[t // pixel_blocks % g.channels], lanes),
+                      mult, half, shift, t // pixel_blocks % g.channels)
+
+    return depthwise

@@ -24,11 +24,14 @@ from tvm import relax
 from qcompiler import intops
 from qcompiler.targets import relax_lowering
 from qcompiler.targets.int8_kernels import (
+    DEPTHWISE_TILE,
     ConvGeometry,
     DotProduct,
     Requant,
     conv2d_func,
     conv_grid,
+    depthwise_conv2d_func,
+    gemm_columns,
     gemm_func,
     pack_conv_input_func,
     pack_conv_weight,
@@ -94,6 +97,7 @@ def _absorb_epilogue(n: _Node, rank: int, axis: int, channels: int) -> _Epilogue
     if (
         multiplier is None or shift is None or None in (zero_point, qmin, qmax)
         or to not in _OUTPUT_DTYPES or np.any(shift < 1) or np.any(shift > 62)
+        or np.any(np.abs(multiplier) >= 2**31)  # the kernels multiply 32 x 32 -> 64 bits
     ):
         return epilogue
     epilogue.multiplier, epilogue.shift = multiplier, shift
@@ -103,14 +107,15 @@ def _absorb_epilogue(n: _Node, rank: int, axis: int, channels: int) -> _Epilogue
 
 
 def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
-    """``mult, half, shift`` constants (int64), each padded to ``padded`` channels."""
+    """``mult`` (int32), ``half`` and ``shift`` (int64) constants, each padded to ``padded`` channels."""
 
-    def pad(values: np.ndarray, fill: int = 0) -> relax.Expr:
-        out = np.full(padded, fill, np.int64)
+    def pad(values: np.ndarray, dtype, fill: int = 0) -> relax.Expr:
+        out = np.full(padded, fill, dtype)
         out[: values.size] = values
         return _const(out)
 
-    return [pad(epilogue.multiplier), pad(np.left_shift(np.int64(1), epilogue.shift - 1)), pad(epilogue.shift, 1)]
+    return [pad(epilogue.multiplier, np.int32), pad(np.left_shift(np.int64(1), epilogue.shift - 1), np.int64),
+            pad(epilogue.shift, np.int64, 1)]
 
 
 def _column_corr(epilogue: _Epilogue, correction: np.ndarray, padded: int) -> np.ndarray:
@@ -158,7 +163,7 @@ def _gemm_call(
     """``out[batch, M, N]`` of :func:`gemm_func` on an already K-padded ``a[batch, M, Kp]``; ``dims`` is
     ``(batch, weight_batch, M, K, N)``."""
     batch, weight_batch, m, k, cols = dims
-    np_ = -(-cols // dot.lanes) * dot.lanes
+    np_ = gemm_columns(cols, dot.lanes)
     out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
     name = _symbol(dot, tag, a_dtype, out_dtype, "x".join(str(d) for d in (batch, m, k, cols)))
     out = _call(
@@ -179,7 +184,7 @@ def _matmul(dot: DotProduct, n: _Node) -> relax.Expr:
     (k, cols), lead = w.shape, n.shape(0)[:-1]
     rows = math.prod(lead)
     epilogue = _absorb_epilogue(n, len(lead) + 1, len(lead), cols)
-    np_ = -(-cols // dot.lanes) * dot.lanes
+    np_ = gemm_columns(cols, dot.lanes)
     correction = -dot.flip_correction(a_dtype) * w.astype(np.int64).sum(axis=0)
     out = _gemm_call(
         n, dot, _pad_k(n, n.emit(R.reshape(a, [1, rows, k])), k), a_dtype,
@@ -231,7 +236,7 @@ def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
         return _GENERIC[("", "MatMul")](n)
     (a, a_dtype, za), (b, b_dtype, zb) = operands
     lead, (m, k), cols = shapes[0][:-2], shapes[0][-2:], shapes[1][-1]
-    batch, np_ = math.prod(lead), -(-cols // dot.lanes) * dot.lanes
+    batch, np_ = math.prod(lead), gemm_columns(cols, dot.lanes)
     fa, fb = dot.flip_correction(a_dtype), (128 if b_dtype == "uint8" else 0)
     za, zb = za + fa, zb - fb
     epilogue = _absorb_epilogue(n, len(lead) + 2, len(lead) + 1, cols)
@@ -257,38 +262,44 @@ def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
 
 
 def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
-    """2-D ConvInteger with ``group == 1`` and no padding (qc pads explicitly) on :func:`conv2d_func`."""
+    """2-D ConvInteger without padding (qc pads explicitly), ``group == 1`` on :func:`conv2d_func` and
+    depthwise (``group = C = O``) on :func:`depthwise_conv2d_func`; other groupings are lowered generically."""
     window = relax_lowering._window(n, 2) if len(n.shape(0)) == 4 else None
-    if (
-        not _fits(n) or n.const(1).ndim != 4 or window is None
-        or n.attr("group", 1) != 1 or any(int(p) for p in window["padding"])
-    ):
+    if not _fits(n) or n.const(1).ndim != 4 or window is None or any(int(p) for p in window["padding"]):
         return _GENERIC[("", "ConvInteger")](n)
     x, w, a_dtype = n.arg(0), n.const(1), str(n.arg(0).ty.dtype)
     b, c, h, wd = n.shape(0)
+    group = n.attr("group", 1)
+    depthwise = group == c == w.shape[0] and w.shape[1] == 1 and c > 1
+    if group != 1 and not depthwise:
+        return _GENERIC[("", "ConvInteger")](n)
     geometry = ConvGeometry(
         b, c, h, wd, w.shape[0], (w.shape[2], w.shape[3]),
         tuple(int(v) for v in window["strides"]), tuple(int(v) for v in window["dilation"]),
     )
-    (oh, ow), (hq, wq) = geometry.out_size, geometry.plane
-    op, pp, flat = conv_grid(geometry, dot.lanes)
+    (oh, ow), wq = geometry.out_size, geometry.plane[1]
+    op, pp, flat = conv_grid(geometry, dot.lanes, DEPTHWISE_TILE if depthwise else None)
     epilogue = _absorb_epilogue(n, 4, 1, w.shape[0])
     out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
     tag = "x".join(str(v) for v in (b, c, h, wd, *w.shape, *geometry.strides, *geometry.dilations))
-    name = _symbol(dot, "conv2d", a_dtype, out_dtype, tag)
+    name = _symbol(dot, "depthwise_conv2d" if depthwise else "conv2d", a_dtype, out_dtype, tag)
     sh, sw = geometry.strides
+    block = 1 if depthwise else 4
     planes = _call(
-        n, pack_conv_input_func(geometry, a_dtype, dot.lanes, name + "_pack"), [x],
-        [b, -(-c // 4), sh, sw, flat, 4], a_dtype,
+        n, pack_conv_input_func(geometry, a_dtype, dot.lanes, name + "_pack", depthwise), [x],
+        [b, -(-c // block), sh, sw, flat, block], a_dtype,
     )
-    correction = -dot.flip_correction(a_dtype) * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+    if depthwise:
+        func = depthwise_conv2d_func(geometry, a_dtype, dot.lanes, epilogue.requant, name)
+        weight = _const(w.reshape(c, -1).astype(np.int32))
+        correction = np.zeros(c, np.int64)  # activations are widened exactly: nothing to correct
+    else:
+        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant, name)
+        weight = _const(pack_conv_weight(w, op))
+        correction = -dot.flip_correction(a_dtype) * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
     grid = _call(
-        n,
-        conv2d_func(geometry, a_dtype, dot, epilogue.requant, name),
-        [planes, _const(pack_conv_weight(w)), _const(_column_corr(epilogue, correction, op)),
-         *_requant_args(epilogue, op)],
-        [b, op, pp],
-        out_dtype,
+        n, func, [planes, weight, _const(_column_corr(epilogue, correction, op)), *_requant_args(epilogue, op)],
+        [b, op, pp], out_dtype,
     )
     grid = n.emit(R.strided_slice(grid, axes=[1, 2], begin=[0, 0], end=[w.shape[0], oh * wq]))
     out = n.emit(R.reshape(grid, [b, w.shape[0], oh, wq]))

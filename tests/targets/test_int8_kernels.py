@@ -81,7 +81,7 @@ def _saturated(model, dtype: str) -> dict:
 @pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("epilogue", [None, "uint8", "int8"])
-@pytest.mark.parametrize(("m", "k", "n"), [(7, 10, 17), (5, 13, 35), (13, 64, 48), (1, 3, 1)])
+@pytest.mark.parametrize(("m", "k", "n"), [(7, 10, 17), (5, 13, 35), (13, 64, 48), (6, 20, 64), (1, 3, 1)])
 def test_gemm_bit_exact(tmp_path, mcpu, a_dtype, epilogue, m, k, n):
     model = _gemm_region(m, k, n, a_dtype, epilogue)
     module = _compile(model, tmp_path, mcpu)
@@ -116,6 +116,9 @@ CONVS = {
     "7x7-stride2-rgb": ((1, 3, 21, 21), (5, 3, 7, 7), {"strides": [2, 2]}),
     "1x1-stride2": ((1, 16, 7, 7), (20, 16, 1, 1), {"strides": [2, 2]}),
     "3x2-stride23-dilation21": ((2, 6, 13, 14), (7, 6, 3, 2), {"strides": [2, 3], "dilations": [2, 1]}),
+    "depthwise-3x3": ((1, 8, 9, 11), (8, 1, 3, 3), {"group": 8}),
+    "depthwise-5x5-stride2": ((2, 5, 13, 12), (5, 1, 5, 5), {"group": 5, "strides": [2, 2]}),
+    "depthwise-3x3-dilation2": ((1, 3, 10, 10), (3, 1, 3, 3), {"group": 3, "dilations": [2, 2]}),
 }
 
 
