@@ -37,6 +37,7 @@ Two layouts, one per operator:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tvm
@@ -49,7 +50,7 @@ __all__ = [
     "AVX_VNNI",
     "ConvGeometry",
     "DotProduct",
-    "Requant",
+    "SDOT",
     "conv2d_func",
     "conv_grid",
     "conv_tile",
@@ -94,22 +95,19 @@ class DotProduct:
 AVX512_VNNI = DotProduct("avx512-vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
 #: AVX-VNNI ``vpdpbusd ymm`` (VEX-encoded, CPUs without AVX-512): 8 lanes, uint8 x int8.
 AVX_VNNI = DotProduct("avx-vnni", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256")
-
-
-@dataclasses.dataclass(frozen=True)
-class Requant:
-    """Compile-time constants of a fused ``qc.Requantize`` (per-channel arrays are passed as buffers)."""
-
-    zero_point: int
-    qmin: int
-    qmax: int
-    dtype: str
+#: Arm ``sdot v.4s, v.16b, v.16b`` (the dotprod extension): 4 lanes, int8 x int8.
+SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
 #: (output channels, pixel vectors) convolution register tiles of 12 accumulators, in order of preference.
 _CONV_TILES = ((4, 3), (6, 2), (12, 1))
 #: the depthwise kernel's tile: one channel, pixel vectors enough to hide the multiply's latency.
 DEPTHWISE_TILE = (1, 4)
+
+
+#: kernel builders are pure functions of hashable arguments: a model with many equal layers (a transformer's
+#: blocks) parses each distinct kernel once per process, and the Relax module holds each once.
+_kernel_cache = functools.lru_cache(maxsize=512)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -142,10 +140,12 @@ def pack_conv_weight(w: np.ndarray, out_channels: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4, kh, kw).transpose(0, 1, 3, 4, 2))
 
 
-def _epilogue(requant: Requant | None, lanes: int, channel_lanes: bool):
-    """A TIR macro ``store(out, index, v, mult, half, shift, j)``: the epilogue on ``v = acc + corr`` for
-    channels ``j``, a ramp when ``channel_lanes`` (GEMM: lanes are channels), else one scalar channel
+def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool):
+    """A TIR macro ``store(out, index, v, mult, half, shift, bounds, j)``: the epilogue on ``v = acc + corr``
+    for channels ``j``, a ramp when ``channel_lanes`` (GEMM: lanes are channels), else one scalar channel
     (convolution: lanes are pixels); ``index`` is the output index tuple whose last entry is the lane ramp.
+    ``bounds = (zp, qmin, qmax)`` is a buffer, not baked in, so that layers differing only in their zero
+    point share one kernel.
 
     ``mult`` is int32 (qc's multipliers have at most 31 bits), so the product is a 32 x 32 -> 64-bit one
     (``vpmuldq``), not a full 64-bit multiply: the same integers, computed in fewer instructions.
@@ -153,16 +153,16 @@ def _epilogue(requant: Requant | None, lanes: int, channel_lanes: bool):
     wide = f"int64x{lanes}" if channel_lanes else "int64"
 
     @T.macro
-    def store(out, index, v, mult, half, shift, j):
-        if requant is None:
+    def store(out, index, v, mult, half, shift, bounds, j):
+        if requant_dtype is None:
             out[index] = v
         else:
             out[index] = T.Cast(
-                f"{requant.dtype}x{lanes}",
+                f"{requant_dtype}x{lanes}",
                 T.max(
                     T.min(((T.Cast(f"int64x{lanes}", v) * T.Cast(wide, mult[j]) + half[j]) >> shift[j])
-                          + T.int64(requant.zero_point), T.int64(requant.qmax)),
-                    T.int64(requant.qmin),
+                          + T.broadcast(bounds[0], lanes), T.broadcast(bounds[2], lanes)),
+                    T.broadcast(bounds[1], lanes),
                 ),
             )
 
@@ -202,24 +202,25 @@ def gemm_columns(n: int, lanes: int) -> int:
     return _gemm_blocking(n, lanes)[2] * lanes
 
 
+@_kernel_cache
 def gemm_func(
     m: int,
     k: int,
     n: int,
     a_dtype: str,
     dot: DotProduct,
-    requant: Requant | None,
+    requant_dtype: str | None,
     name: str,
     batch: int = 1,
     weight_batch: int = 1,
 ) -> tvm.tirx.PrimFunc:
     """``out[b, M, Np] = epilogue(a[b] . w[b % weight_batch] + corr[b % weight_batch] + row_corr[b])``.
 
-    Args ``(a, wp, corr, row_corr, mult, half, shift, out)``: ``a[batch, M, Kp]`` already padded to
+    Args ``(a, wp, corr, row_corr, mult, half, shift, bounds, out)``: ``a[batch, M, Kp]`` already padded to
     ``Kp = ceil(K / 4) * 4`` columns (the caller pads), ``wp[weight_batch, Np/L, Kp/4, L, 4]`` packed by
     :func:`pack_gemm_weight` (or :func:`pack_gemm_operand_func` at run time), ``corr[weight_batch, Np]``
-    per column and ``row_corr[batch, M]`` per row (int32), ``mult[Np]`` (int32), ``half``/``shift[Np]`` (int64). The
-    output has ``Np`` (:func:`gemm_columns`) columns (the caller crops to N); without ``requant`` it is the int32
+    per column and ``row_corr[batch, M]`` per row (int32), ``mult[Np]`` (int32), ``half``/``shift[Np]`` and ``bounds = (zp, qmin, qmax)`` (int64). The
+    output has ``Np`` (:func:`gemm_columns`) columns (the caller crops to N); without ``requant_dtype`` it is the int32
     ``v`` and the last three arrays are unused.
     """
     lanes = dot.lanes
@@ -227,14 +228,14 @@ def gemm_func(
     mr, nr, blocks = _gemm_blocking(n, lanes)
     np_ = blocks * lanes
     flip = dot.flip_correction(a_dtype)
-    store = _epilogue(requant, lanes, channel_lanes=True)
-    out_dtype = requant.dtype if requant else "int32"
+    store = _epilogue(requant_dtype, lanes, channel_lanes=True)
+    out_dtype = requant_dtype or "int32"
     column_tiles, full_rows = blocks // nr, m // mr * mr
     tiles = m // mr * column_tiles
     per_batch = tiles + (m - full_rows) * column_tiles
 
     @T.macro
-    def tile(a, wp, corr, row_corr, mult, half, shift, out, b, row0, rows, block0):
+    def tile(a, wp, corr, row_corr, mult, half, shift, bounds, out, b, row0, rows, block0):
         acc = T.alloc_buffer((rows, nr, lanes), "int32", scope="global")  # small global: a stack array
         for i, j in T.grid(rows, nr):
             acc[i, j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
@@ -251,7 +252,7 @@ def gemm_func(
                 out, [b, row0 + i, T.ramp((block0 + j) * lanes, 1, lanes)],
                 acc[i, j, T.ramp(0, 1, lanes)] + corr[b % weight_batch, T.ramp((block0 + j) * lanes, 1, lanes)]
                 + T.broadcast(row_corr[b, row0 + i], lanes),
-                mult, half, shift, T.ramp((block0 + j) * lanes, 1, lanes),
+                mult, half, shift, bounds, T.ramp((block0 + j) * lanes, 1, lanes),
             )
 
     @T.prim_func(s_tir=True)
@@ -263,22 +264,24 @@ def gemm_func(
         mult: T.Buffer((np_,), "int32"),
         half: T.Buffer((np_,), "int64"),
         shift: T.Buffer((np_,), "int64"),
+        bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((batch, m, np_), out_dtype),
     ):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
         # (no named temporaries: TVMScript would store each one in a buffer)
         for bt in T.parallel(batch * per_batch):
             if bt % per_batch < tiles:
-                tile(a, wp, corr, row_corr, mult, half, shift, out, bt // per_batch,
+                tile(a, wp, corr, row_corr, mult, half, shift, bounds, out, bt // per_batch,
                      bt % per_batch // column_tiles * mr, mr, bt % per_batch % column_tiles * nr)
             else:
-                tile(a, wp, corr, row_corr, mult, half, shift, out, bt // per_batch,
+                tile(a, wp, corr, row_corr, mult, half, shift, bounds, out, bt // per_batch,
                      full_rows + (bt % per_batch - tiles) // column_tiles, 1,
                      (bt % per_batch - tiles) % column_tiles * nr)
 
     return gemm
 
 
+@_kernel_cache
 def pack_gemm_operand_func(batch: int, k: int, n: int, b_dtype: str, lanes: int, name: str) -> tvm.tirx.PrimFunc:
     """Run-time :func:`pack_gemm_weight` of an activation ``b[batch, K, N]`` -> ``bp[batch, Np/L, Kp/4, L, 4]``
     as int8 (a uint8 ``b`` with its sign bit flipped, i.e. ``b - 128``), zero-padded."""
@@ -297,7 +300,8 @@ def pack_gemm_operand_func(batch: int, k: int, n: int, b_dtype: str, lanes: int,
 
 @dataclasses.dataclass(frozen=True)
 class ConvGeometry:
-    """A 2-D convolution of an already padded NCHW input ``[B, C, H, W]`` by ``[O, C, KH, KW]`` weights."""
+    """A 2-D convolution of an NCHW input ``[B, C, H, W]``, zero-padded by ``pads`` (ONNX order: top, left,
+    bottom, right), by ``[O, C, KH, KW]`` weights."""
 
     batch: int
     channels: int
@@ -307,17 +311,24 @@ class ConvGeometry:
     kernel: tuple[int, int]
     strides: tuple[int, int]
     dilations: tuple[int, int]
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """``(H, W)`` after padding."""
+        top, left, bottom, right = self.pads
+        return self.height + top + bottom, self.width + left + right
 
     @property
     def out_size(self) -> tuple[int, int]:
         """``(OH, OW)``."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        return (self.height - dh * (kh - 1) - 1) // sh + 1, (self.width - dw * (kw - 1) - 1) // sw + 1
+        (kh, kw), (sh, sw), (dh, dw), (h, w) = self.kernel, self.strides, self.dilations, self.padded
+        return (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
 
     @property
     def plane(self) -> tuple[int, int]:
-        """``(Hq, Wq)``: rows and columns of one stride phase."""
-        return _ceil(self.height, self.strides[0]), _ceil(self.width, self.strides[1])
+        """``(Hq, Wq)``: rows and columns of one stride phase of the padded input."""
+        return _ceil(self.padded[0], self.strides[0]), _ceil(self.padded[1], self.strides[1])
 
     def tap_offset(self, dy: int, dx: int) -> tuple[int, int, int]:
         """``(phase_h, phase_w, flat offset)`` of tap ``(dy, dx)`` in the phase planes."""
@@ -348,18 +359,21 @@ def conv_grid(geometry: ConvGeometry, lanes: int, tile: tuple[int, int] | None =
     return ob * _ceil(geometry.out_channels, ob), pp, pp + reach
 
 
+@_kernel_cache
 def pack_conv_input_func(
     geometry: ConvGeometry, a_dtype: str, lanes: int, name: str, depthwise: bool = False
 ) -> tvm.tirx.PrimFunc:
     """``x[B, C, H, W] -> xp[B, C/cb, sh, sw, F, cb]`` (phase planes, zero-filled; see the module docstring)
-    with channel blocks ``cb`` of 4 for :func:`conv2d_func`, of 1 for :func:`depthwise_conv2d_func`.
-    Parallel over (batch, channel block); rows and columns are loops of their own (no index division)."""
+    with channel blocks ``cb`` of 4 for :func:`conv2d_func`, of 1 for :func:`depthwise_conv2d_func`; the
+    convolution's padding becomes zeros here. Parallel over (batch, channel block); rows and columns are
+    loops of their own (no index division)."""
     g = geometry
     (sh, sw), (hq, wq) = g.strides, g.plane
     block = 1 if depthwise else 4
     blocks = _ceil(g.channels, block)
     _, _, flat = conv_grid(g, lanes, DEPTHWISE_TILE if depthwise else None)
-    zero = tvm.tirx.const(0, a_dtype)
+    zero = tvm.tirx.const(0, a_dtype)  # ConvInteger without a zero point pads with 0
+    top, left = g.pads[:2]
 
     @T.prim_func(s_tir=True)
     def pack(x: T.Buffer((g.batch, g.channels, g.height, g.width), a_dtype),
@@ -369,9 +383,12 @@ def pack_conv_input_func(
             for bq in T.parallel(g.batch * blocks):
                 for ph, pw, i, j, t in T.grid(sh, sw, hq, wq, block):
                     xp[bq // blocks, bq % blocks, ph, pw, i * wq + j, t] = T.if_then_else(
-                        bq % blocks * block + t < g.channels and i * sh + ph < g.height and j * sw + pw < g.width,
+                        bq % blocks * block + t < g.channels
+                        and top <= i * sh + ph and i * sh + ph < top + g.height
+                        and left <= j * sw + pw and j * sw + pw < left + g.width,
                         x[bq // blocks, T.min(bq % blocks * block + t, g.channels - 1),
-                          T.min(i * sh + ph, g.height - 1), T.min(j * sw + pw, g.width - 1)],
+                          T.max(T.min(i * sh + ph - top, g.height - 1), 0),
+                          T.max(T.min(j * sw + pw - left, g.width - 1), 0)],
                         zero,
                     )
                 for ph, pw, f, t in T.grid(sh, sw, flat - hq * wq, block):
@@ -380,19 +397,20 @@ def pack_conv_input_func(
     return pack
 
 
+@_kernel_cache
 def conv2d_func(
-    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant: Requant | None, name: str
+    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant_dtype: str | None, name: str
 ) -> tvm.tirx.PrimFunc:
     """``out[B, Op, Pp] = epilogue(conv(xp, wp) + corr)`` on the padded grid; args ``(xp, wp, corr, mult,
-    half, shift, out)``, per-channel arrays of ``Op`` entries. The caller crops ``[:, :O, :OH * Wq]``."""
+    half, shift, bounds, out)``, per-channel arrays of ``Op`` entries. The caller crops ``[:, :O, :OH * Wq]``."""
     g, lanes = geometry, dot.lanes
     (kh, kw), (sh, sw) = g.kernel, g.strides
     c4 = _ceil(g.channels, 4)
     op, pp, flat = conv_grid(g, lanes)
     ob, pb = conv_tile(g, lanes)
     flip = dot.flip_correction(a_dtype)
-    out_dtype = requant.dtype if requant else "int32"
-    store = _epilogue(requant, lanes, channel_lanes=False)
+    out_dtype = requant_dtype or "int32"
+    store = _epilogue(requant_dtype, lanes, channel_lanes=False)
     (dh, dw), wq = g.dilations, g.plane[1]
     channel_blocks, pixel_blocks = op // ob, pp // (pb * lanes)
 
@@ -404,6 +422,7 @@ def conv2d_func(
         mult: T.Buffer((op,), "int32"),
         half: T.Buffer((op,), "int64"),
         shift: T.Buffer((op,), "int64"),
+        bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((g.batch, op, pp), out_dtype),
     ):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
@@ -436,19 +455,20 @@ def conv2d_func(
                             T.ramp(t % pixel_blocks * (pb * lanes) + j * lanes, 1, lanes)],
                       acc[i, j, T.ramp(0, 1, lanes)] + T.broadcast(corr[t // pixel_blocks % channel_blocks * ob + i],
                                                                    lanes),
-                      mult, half, shift, t // pixel_blocks % channel_blocks * ob + i)
+                      mult, half, shift, bounds, t // pixel_blocks % channel_blocks * ob + i)
 
     return conv
 
 
+@_kernel_cache
 def depthwise_conv2d_func(
-    geometry: ConvGeometry, a_dtype: str, lanes: int, requant: Requant | None, name: str
+    geometry: ConvGeometry, a_dtype: str, lanes: int, requant_dtype: str | None, name: str
 ) -> tvm.tirx.PrimFunc:
     """Depthwise convolution (``group = C = O``): ``out[B, C, Pp] = epilogue(conv(xp, w) + corr)`` on the
     padded grid, on int32 lanes (each output channel reads one input channel, so there is no 4-way sum for
     a dot-product instruction: the activations are widened exactly and multiplied by the broadcast weight).
 
-    Args ``(xp, w, corr, mult, half, shift, out)``: ``xp`` from :func:`pack_conv_input_func` with
+    Args ``(xp, w, corr, mult, half, shift, bounds, out)``: ``xp`` from :func:`pack_conv_input_func` with
     ``depthwise=True``, ``w[C, KH * KW]`` int32, per-channel arrays of C entries. The caller crops
     ``[:, :, :OH * Wq]``.
     """
@@ -456,8 +476,8 @@ def depthwise_conv2d_func(
     (kh, kw), (sh, sw), (dh, dw), wq = g.kernel, g.strides, g.dilations, g.plane[1]
     _, pp, flat = conv_grid(g, lanes, DEPTHWISE_TILE)
     pb = DEPTHWISE_TILE[1]
-    out_dtype = requant.dtype if requant else "int32"
-    store = _epilogue(requant, lanes, channel_lanes=False)
+    out_dtype = requant_dtype or "int32"
+    store = _epilogue(requant_dtype, lanes, channel_lanes=False)
     pixel_blocks = pp // (pb * lanes)
 
     @T.prim_func(s_tir=True)
@@ -468,6 +488,7 @@ def depthwise_conv2d_func(
         mult: T.Buffer((g.channels,), "int32"),
         half: T.Buffer((g.channels,), "int64"),
         shift: T.Buffer((g.channels,), "int64"),
+        bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((g.batch, g.channels, pp), out_dtype),
     ):
         T.func_attr({"global_symbol": name, "tir.noalias": True})
@@ -490,6 +511,6 @@ def depthwise_conv2d_func(
                 store(out, [t // (g.channels * pixel_blocks), t // pixel_blocks % g.channels,
                             T.ramp(t % pixel_blocks * (pb * lanes) + j * lanes, 1, lanes)],
                       acc[j, T.ramp(0, 1, lanes)] + T.broadcast(corr[t // pixel_blocks % g.channels], lanes),
-                      mult, half, shift, t // pixel_blocks % g.channels)
+                      mult, half, shift, bounds, t // pixel_blocks % g.channels)
 
     return depthwise

@@ -27,7 +27,6 @@ from qcompiler.targets.int8_kernels import (
     DEPTHWISE_TILE,
     ConvGeometry,
     DotProduct,
-    Requant,
     conv2d_func,
     conv_grid,
     depthwise_conv2d_func,
@@ -57,7 +56,8 @@ class _Epilogue:
 
     def __init__(self, channels: int):
         self.bias = np.zeros(channels, np.int64)
-        self.requant: Requant | None = None
+        self.requant_dtype: str | None = None
+        self.bounds = np.zeros(3, np.int64)  # (zp, qmin, qmax)
         self.multiplier = np.zeros(channels, np.int64)
         self.shift = np.ones(channels, np.int64)
 
@@ -101,13 +101,14 @@ def _absorb_epilogue(n: _Node, rank: int, axis: int, channels: int) -> _Epilogue
     ):
         return epilogue
     epilogue.multiplier, epilogue.shift = multiplier, shift
-    epilogue.requant = Requant(zero_point, qmin, qmax, to)
+    epilogue.requant_dtype, epilogue.bounds = to, np.array([zero_point, qmin, qmax], np.int64)
     n.absorb(node)
     return epilogue
 
 
 def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
-    """``mult`` (int32), ``half`` and ``shift`` (int64) constants, each padded to ``padded`` channels."""
+    """``mult`` (int32), ``half`` and ``shift`` (int64) constants, each padded to ``padded`` channels, and
+    ``bounds``."""
 
     def pad(values: np.ndarray, dtype, fill: int = 0) -> relax.Expr:
         out = np.full(padded, fill, dtype)
@@ -115,7 +116,7 @@ def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
         return _const(out)
 
     return [pad(epilogue.multiplier, np.int32), pad(np.left_shift(np.int64(1), epilogue.shift - 1), np.int64),
-            pad(epilogue.shift, np.int64, 1)]
+            pad(epilogue.shift, np.int64, 1), _const(epilogue.bounds)]
 
 
 def _column_corr(epilogue: _Epilogue, correction: np.ndarray, padded: int) -> np.ndarray:
@@ -136,7 +137,8 @@ def _fits(n: _Node) -> bool:
 
 
 def _call(n: _Node, func: tvm.tirx.PrimFunc, args: list, shape: list[int], dtype: str) -> relax.Expr:
-    """``call_tir`` of ``func``; kernels that differ only in baked constants get distinct symbols."""
+    """``call_tir`` of ``func`` (added once per module: equal kernels share one symbol, a different kernel
+    under a symbol already taken gets a fresh one)."""
     gv = n.bb.add_func(func, func.attrs["global_symbol"])
     if gv.name_hint != func.attrs["global_symbol"]:
         n.bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
@@ -164,11 +166,11 @@ def _gemm_call(
     ``(batch, weight_batch, M, K, N)``."""
     batch, weight_batch, m, k, cols = dims
     np_ = gemm_columns(cols, dot.lanes)
-    out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
+    out_dtype = epilogue.requant_dtype or "int32"
     name = _symbol(dot, tag, a_dtype, out_dtype, "x".join(str(d) for d in (batch, m, k, cols)))
     out = _call(
         n,
-        gemm_func(m, k, cols, a_dtype, dot, epilogue.requant, name, batch, weight_batch),
+        gemm_func(m, k, cols, a_dtype, dot, epilogue.requant_dtype, name, batch, weight_batch),
         [a, packed, corr, row_corr, *_requant_args(epilogue, np_)],
         [batch, m, np_],
         out_dtype,
@@ -262,10 +264,11 @@ def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
 
 
 def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
-    """2-D ConvInteger without padding (qc pads explicitly), ``group == 1`` on :func:`conv2d_func` and
-    depthwise (``group = C = O``) on :func:`depthwise_conv2d_func`; other groupings are lowered generically."""
+    """2-D ConvInteger, ``group == 1`` on :func:`conv2d_func` and depthwise (``group = C = O``) on
+    :func:`depthwise_conv2d_func` (padding done while packing the input); other groupings are lowered
+    generically."""
     window = relax_lowering._window(n, 2) if len(n.shape(0)) == 4 else None
-    if not _fits(n) or n.const(1).ndim != 4 or window is None or any(int(p) for p in window["padding"]):
+    if not _fits(n) or n.const(1).ndim != 4 or window is None:
         return _GENERIC[("", "ConvInteger")](n)
     x, w, a_dtype = n.arg(0), n.const(1), str(n.arg(0).ty.dtype)
     b, c, h, wd = n.shape(0)
@@ -276,12 +279,13 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
     geometry = ConvGeometry(
         b, c, h, wd, w.shape[0], (w.shape[2], w.shape[3]),
         tuple(int(v) for v in window["strides"]), tuple(int(v) for v in window["dilation"]),
+        tuple(int(v) for v in window["padding"]),
     )
     (oh, ow), wq = geometry.out_size, geometry.plane[1]
     op, pp, flat = conv_grid(geometry, dot.lanes, DEPTHWISE_TILE if depthwise else None)
     epilogue = _absorb_epilogue(n, 4, 1, w.shape[0])
-    out_dtype = epilogue.requant.dtype if epilogue.requant else "int32"
-    tag = "x".join(str(v) for v in (b, c, h, wd, *w.shape, *geometry.strides, *geometry.dilations))
+    out_dtype = epilogue.requant_dtype or "int32"
+    tag = "x".join(str(v) for v in (b, c, h, wd, *w.shape, *geometry.strides, *geometry.dilations, *geometry.pads))
     name = _symbol(dot, "depthwise_conv2d" if depthwise else "conv2d", a_dtype, out_dtype, tag)
     sh, sw = geometry.strides
     block = 1 if depthwise else 4
@@ -290,11 +294,11 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
         [b, -(-c // block), sh, sw, flat, block], a_dtype,
     )
     if depthwise:
-        func = depthwise_conv2d_func(geometry, a_dtype, dot.lanes, epilogue.requant, name)
+        func = depthwise_conv2d_func(geometry, a_dtype, dot.lanes, epilogue.requant_dtype, name)
         weight = _const(w.reshape(c, -1).astype(np.int32))
         correction = np.zeros(c, np.int64)  # activations are widened exactly: nothing to correct
     else:
-        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant, name)
+        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
         weight = _const(pack_conv_weight(w, op))
         correction = -dot.flip_correction(a_dtype) * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
     grid = _call(

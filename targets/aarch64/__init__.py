@@ -24,8 +24,9 @@ from qcompiler.targets._base import Progress, Target, option
 from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._cross import Toolchain, require_tool, run_library
 from qcompiler.targets._runtime import CompiledModule, EmulatedModule
-from qcompiler.targets.aarch64._kernels import SDOT_KERNELS
 from qcompiler.targets.aarch64._runtime_libs import ensure_aarch64_runtime
+from qcompiler.targets.int8_kernels import SDOT
+from qcompiler.targets.int8_lowering import int8_kernels
 
 __all__ = [
     "AARCH64_TOOLCHAIN",
@@ -55,8 +56,8 @@ _EXAMPLE_CPUS = (
 #: LLVM feature -> dot-product capability name, best first.
 _DOT_PRODUCTS = (("dotprod", "sdot"),)
 
-#: dot-product capability -> converter overrides used by the lowering.
-_KERNELS = {"sdot": SDOT_KERNELS}
+#: dot-product capability -> the instruction the int8 GEMM/convolution kernels are built on.
+_DOT_INSTRUCTIONS = {"sdot": SDOT}
 
 AARCH64_TOOLCHAIN = Toolchain(
     arch="aarch64",
@@ -119,7 +120,8 @@ class Aarch64Target(Target):
 
     def kernels(self) -> Mapping:
         """Converter overrides the lowering uses for this target, chosen by the ``dot_product`` capability."""
-        return _KERNELS.get(self.dot_product, {})
+        dot = _DOT_INSTRUCTIONS.get(self.dot_product)
+        return int8_kernels(dot) if dot else {}
 
     def compile(
         self, region: onnx.ModelProto, out_dir: pathlib.Path, progress: Progress | None = None

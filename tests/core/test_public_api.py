@@ -31,6 +31,7 @@ TARGETS_API = [
     "TensorSpec",
     "available_targets",
     "get_target",
+    "set_num_threads",
 ]
 
 

@@ -16,7 +16,6 @@ from qcompiler.errors import TargetError
 from qcompiler.targets import Target, get_target, relax_lowering
 from qcompiler.targets import _cross as cross
 from qcompiler.targets.aarch64 import Aarch64Target, emulation_problems, ensure_aarch64_runtime, load_emulated
-from qcompiler.targets.aarch64._kernels import pack_weight
 from tests.e2e.zoo import REPO
 
 _PROBLEMS = emulation_problems()
@@ -106,14 +105,6 @@ def test_dot_product_follows_cpu_and_features(options, dot_product):
 def test_bad_options_are_refused(options, message):
     with pytest.raises(TargetError, match=message):
         get_target("aarch64", **options)
-
-
-def test_pack_weight_tiles_are_4x4_blocks_of_the_transposed_weight():
-    w = np.random.default_rng(0).integers(-128, 128, (10, 7), dtype=np.int8)
-    packed = pack_weight(w)
-    assert packed.shape == (2, 3, 4, 4)
-    unpacked = packed.transpose(1, 3, 0, 2).reshape(12, 8)  # [ko, ki, no, ni] -> [K, N]
-    assert np.array_equal(unpacked[:10, :7], w) and not unpacked[10:].any() and not unpacked[:, 7:].any()
 
 
 # ---- errors -----------------------------------------------------------------------------------------------

@@ -116,7 +116,10 @@ CONVS = {
     "7x7-stride2-rgb": ((1, 3, 21, 21), (5, 3, 7, 7), {"strides": [2, 2]}),
     "1x1-stride2": ((1, 16, 7, 7), (20, 16, 1, 1), {"strides": [2, 2]}),
     "3x2-stride23-dilation21": ((2, 6, 13, 14), (7, 6, 3, 2), {"strides": [2, 3], "dilations": [2, 1]}),
+    "3x3-pads-stride21-dilation12": ((2, 3, 9, 8), (6, 3, 3, 3),
+                                     {"pads": [1, 2, 0, 1], "strides": [2, 1], "dilations": [1, 2]}),
     "depthwise-3x3": ((1, 8, 9, 11), (8, 1, 3, 3), {"group": 8}),
+    "depthwise-3x3-pads": ((1, 4, 7, 6), (4, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
     "depthwise-5x5-stride2": ((2, 5, 13, 12), (5, 1, 5, 5), {"group": 5, "strides": [2, 2]}),
     "depthwise-3x3-dilation2": ((1, 3, 10, 10), (3, 1, 3, 3), {"group": 3, "dilations": [2, 2]}),
 }
