@@ -18,8 +18,10 @@ Protocol (compare numbers within one run: these shared 2-core machines are noisy
   sentence embedding). qc is timed as a user calls it, Module.run: float in, float out.
 * GEMM (on by default; --no-gemm, --gemm-only): M x K x N = 197x192x768 and 512x768x768. onnxruntime
   MatMulInteger (uint8 [M,K] x constant int8 [K,N] -> int32), onnxruntime float MatMul, and qc compiling
-  that float MatMul, timed as Module.run_integer on inputs quantized once beforehand (so every runner starts
-  from a tensor of its input type; qc's integer region also adds its bias and requantizes to uint8).
+  that float MatMul twice (qc: this CPU's default kernels; qc_avx2: mcpu=haswell, the AVX2 vpmaddwd kernels
+  of CPUs without VNNI, against the same VNNI onnxruntime), timed as Module.run_integer on inputs quantized
+  once beforehand (so every runner starts from a tensor of its input type; qc's integer region also adds
+  its bias and requantizes to uint8).
   GOP/s = 2*M*K*N / median time; "vs MatMulInteger" is the median per-round time ratio, i.e. the
   fraction of MatMulInteger's GOP/s.
 * Every table row is also printed as one line "JSON {...}", failures and skipped runners included.
@@ -64,6 +66,8 @@ LOAD_TIMEOUT_S = 900
 CALL_TIMEOUT_S = 300
 GEMM_SHAPES = ((197, 192, 768), (512, 768, 768))
 GEMM_BASELINE = "ort_matmulinteger"
+#: the qc GEMM builds: this CPU's default kernels, and the AVX2 (vpmaddwd) kernels a CPU without VNNI gets.
+GEMM_QC_BUILDS = {"qc": {}, "qc_avx2": {"mcpu": "haswell"}}
 #: table columns: header, record key, format, width.
 MODEL_COLUMNS = [("median ms", "median_ms", ".3f", 10), ("ratio vs best ORT", "ratio_vs_best_ort", ".3f", 18),
                  ("rel L2 vs FP32", "rel_l2_vs_ort_fp32", ".2e", 15)]
@@ -439,7 +443,7 @@ def _matmul_model(path: Path, op: str, input_type: int, weight: np.ndarray, outp
 
 
 def _gemm_specs(m: int, k: int, n: int, workdir: Path) -> tuple[list[Spec], dict[str, Row]]:
-    """The three GEMM runners at M x K x N (qc compiles the float MatMul; a failure becomes a failed row)."""
+    """The GEMM runners at M x K x N (qc compiles the float MatMul; a failure becomes a failed row)."""
     import qcompiler
 
     rng = np.random.default_rng(0)
@@ -455,11 +459,16 @@ def _gemm_specs(m: int, k: int, n: int, workdir: Path) -> tuple[list[Spec], dict
     ]
     # a 2-D input's first dim is its batch, so calibration rows are samples: CALIB_SAMPLES batches of m rows
     calibration = {"x": rng.standard_normal((CALIB_SAMPLES * m, k)).astype(np.float32)}
-    try:
-        artifact = qcompiler.compile(float_model, target="x86", calibration=calibration).save(workdir / "qc")
-    except Exception as err:  # recorded as a failed row
-        return specs, {"qc": Row(error=f"prepare: {_describe(err)}")}
-    return [*specs, ("qc", "qc_integer", artifact, {"x": x})], {}
+    failed: dict[str, Row] = {}
+    for runner, options in GEMM_QC_BUILDS.items():
+        try:
+            artifact = qcompiler.compile(float_model, target="x86", calibration=calibration,
+                                         target_options=options).save(workdir / runner)
+        except Exception as err:  # recorded as a failed row
+            failed[runner] = Row(error=f"prepare: {_describe(err)}")
+            continue
+        specs.append((runner, "qc_integer", artifact, {"x": x}))
+    return specs, failed
 
 
 def bench_gemm(threads: list[int], rounds: int) -> None:

@@ -1,5 +1,6 @@
 """Register-blocked int8 GEMM and convolution kernels with a fused requantization epilogue, one family for
-every CPU that has a 4-way int8 dot-product instruction (x86 ``vpdpbusd``, ARM ``sdot``).
+every CPU with a 4-way int8 dot-product instruction (x86 ``vpdpbusd``, ARM ``sdot``) or, on AVX2, its exact
+emulation by ``vpmaddwd``.
 
 A :class:`DotProduct` names the instruction: ``acc[l] += sum_{t<4} a[4l + t] * b[4l + t]`` over ``lanes``
 int32 lanes, ``a`` of dtype :attr:`DotProduct.a_dtype` and ``b`` int8. The kernels are plain TIR loop nests
@@ -45,11 +46,13 @@ from tvm import te
 from tvm.script import tirx as T
 
 __all__ = [
+    "AVX2",
     "AVX512_VNNI",
-    "DEPTHWISE_TILE",
     "AVX_VNNI",
+    "DEPTHWISE_TILE",
     "ConvGeometry",
     "DotProduct",
+    "PairwiseDotProduct",
     "SDOT",
     "conv2d_func",
     "conv_grid",
@@ -91,10 +94,40 @@ class DotProduct:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class PairwiseDotProduct(DotProduct):
+    """The 4-way dot product from a 2-way int16 multiply-add ``m(x, y)[l] = x[2l] y[2l] + x[2l+1] y[2l+1]``
+    (``vpmaddwd``; ``a_dtype`` uint8), for CPUs without a 4-way instruction.
+
+    Each 32-bit lane of ``a`` and ``b`` holds bytes ``4l .. 4l+3``, i.e. the 16-bit halves ``2l``, ``2l+1``.
+    ``lo(h)`` is the low byte of a half widened to 16 bits (zero-extended for ``a``, sign-extended for
+    ``b``), ``hi(h)`` the high byte, so ``m(lo a, lo b)[l] = a[4l] b[4l] + a[4l+2] b[4l+2]`` and
+    ``m(hi a, hi b)[l] = a[4l+1] b[4l+1] + a[4l+3] b[4l+3]``, and their sum is the 4-way dot. Exact: the
+    operands lie in [0, 255] and [-128, 127], so each ``m`` is at most 2 * 255 * 128 in magnitude (``vpmaddwd``
+    only wraps when all four operands are -32768), and ``acc + dot`` wraps modulo 2**32 as ``vpdpbusd`` does.
+    (``vpmaddubsw``, the one-instruction u8 x s8 pair product, saturates at 16 bits: not exact.)
+    """
+
+    def call(self, acc, a, b):
+        halves = 2 * self.lanes
+        ua = T.reinterpret(a, dtype=f"uint16x{halves}")
+        sb = T.reinterpret(b, dtype=f"int16x{halves}")
+        eight_u, eight_s = T.broadcast(T.uint16(8), halves), T.broadcast(T.int16(8), halves)
+        a_lo = T.reinterpret(ua & T.broadcast(T.uint16(0xFF), halves), dtype=f"int16x{halves}")
+        a_hi = T.reinterpret(ua >> eight_u, dtype=f"int16x{halves}")
+        b_lo, b_hi = (sb << eight_s) >> eight_s, sb >> eight_s
+        madd = T.llvm_lookup_intrinsic_id(self.llvm_intrinsic)
+        dtype = f"int32x{self.lanes}"
+        return (acc + T.call_llvm_pure_intrin(madd, a_lo, b_lo, dtype=dtype)
+                + T.call_llvm_pure_intrin(madd, a_hi, b_hi, dtype=dtype))
+
+
 #: AVX-512 VNNI ``vpdpbusd zmm``: 16 lanes, uint8 x int8.
 AVX512_VNNI = DotProduct("avx512-vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
 #: AVX-VNNI ``vpdpbusd ymm`` (VEX-encoded, CPUs without AVX-512): 8 lanes, uint8 x int8.
 AVX_VNNI = DotProduct("avx-vnni", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256")
+#: AVX2 ``vpmaddwd ymm`` pairs (:class:`PairwiseDotProduct`): 8 lanes, uint8 x int8.
+AVX2 = PairwiseDotProduct("avx2", 8, "uint8", "llvm.x86.avx2.pmadd.wd")
 #: Arm ``sdot v.4s, v.16b, v.16b`` (the dotprod extension): 4 lanes, int8 x int8.
 SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 

@@ -17,7 +17,7 @@ from qcompiler.errors import TargetError
 from qcompiler.targets._base import Progress, Target, option
 from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._runtime import CompiledModule
-from qcompiler.targets.int8_kernels import AVX512_VNNI, AVX_VNNI
+from qcompiler.targets.int8_kernels import AVX2, AVX512_VNNI, AVX_VNNI
 from qcompiler.targets.int8_lowering import int8_kernels
 
 __all__ = ["X86Target"]
@@ -36,10 +36,10 @@ _EXAMPLE_CPUS = (
 )
 
 #: LLVM feature -> dot-product capability name, best first.
-_DOT_PRODUCTS = (("avx512vnni", "avx512-vnni"), ("avxvnni", "avx-vnni"))
+_DOT_PRODUCTS = (("avx512vnni", "avx512-vnni"), ("avxvnni", "avx-vnni"), ("avx2", "avx2"))
 
 #: dot-product capability -> the instruction the int8 GEMM/convolution kernels are built on.
-_DOT_INSTRUCTIONS = {d.name: d for d in (AVX512_VNNI, AVX_VNNI)}
+_DOT_INSTRUCTIONS = {d.name: d for d in (AVX512_VNNI, AVX_VNNI, AVX2)}
 
 
 def _host_cpu() -> str:
@@ -50,7 +50,7 @@ def _host_cpu() -> str:
 class X86Target(Target):
     """x86-64 with LLVM. Options: ``mcpu`` (default: this host's CPU), ``num_cores`` (default: all).
 
-    ``dot_product`` follows from ``mcpu``: "avx512-vnni", "avx-vnni" or None.
+    ``dot_product`` follows from ``mcpu``: "avx512-vnni", "avx-vnni", "avx2" (``vpmaddwd`` pairs) or None.
     """
 
     name: str = "x86"

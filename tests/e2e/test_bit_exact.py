@@ -102,6 +102,28 @@ def test_attention_head_bit_exact(tmp_path):
     assert_bit_exact(artifact, [{"x": calibration["x"][i:i + 1]} for i in range(3)])
 
 
+def _host_has(flag: str) -> bool:
+    with open("/proc/cpuinfo") as cpuinfo:
+        return any(line.startswith("flags") and flag in line.split() for line in cpuinfo)
+
+
+@pytest.mark.skipif(not _host_has("avx2"), reason="host CPU lacks avx2")
+def test_avx2_kernels_bit_exact(tiny_cnn_path, tiny_calibration, tmp_path):
+    """mcpu=haswell (AVX2, no VNNI): the convolutions and attention GEMMs run on the vpmaddwd kernels."""
+    options = {"target_options": {"mcpu": "haswell"}}
+    cnn = qcompiler.compile(tiny_cnn_path, target="x86", calibration=tiny_calibration,
+                            input_shapes={"input": (1, 1, 16, 16)}, **options)
+    feeds = [{"input": tiny_calibration["input"][i:i + 1]} for i in range(4)]
+    assert_bit_exact(cnn, [*feeds, {"input": np.full((1, 1, 16, 16), 1e6, np.float32)}])
+    calibration = {"x": np.random.default_rng(0).standard_normal((16, 8, 16)).astype(np.float32)}
+    attention = qcompiler.compile(_attention_model(tmp_path / "attention.onnx"), target="x86",
+                                  calibration=calibration, **options)
+    assert_bit_exact(attention, [{"x": calibration["x"][i:i + 1]} for i in range(3)])
+    for artifact, feed in [(cnn, feeds[0]), (attention, {"x": calibration["x"][:1]})]:
+        kernels = {symbol for symbol, _, _ in artifact.module().profile(feed, rounds=1)}
+        assert any(symbol.startswith("qc_avx2_") for symbol in kernels), sorted(kernels)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_count_changes_no_bit(tiny_artifact, tiny_calibration, tmp_path, threads):
     directory = tiny_artifact.save(tmp_path / "saved")

@@ -1,4 +1,4 @@
-"""The x86 int8 dot-product kernels (VNNI GEMM and convolution with the fused epilogue), bit-exact with
+"""The x86 int8 dot-product kernels (VNNI and AVX2 GEMM and convolution with the fused epilogue), bit-exact with
 onnxruntime over edge values: saturating inputs, zero points at the extremes, K and N that do not divide
 the tiles, strides and dilations; plus which nodes the lowering fuses and which it leaves to the generic
 converters."""
@@ -32,7 +32,7 @@ def _cpu_flags() -> set[str]:
 
 
 #: mcpu -> the host feature its kernels need; a kernel the host cannot run is skipped, and says so.
-_INSTRUCTIONS = {"icelake-server": "avx512_vnni", "alderlake": "avx_vnni"}
+_INSTRUCTIONS = {"icelake-server": "avx512_vnni", "alderlake": "avx_vnni", "haswell": "avx2"}
 _FLAGS = _cpu_flags()
 INSTRUCTION_MCPUS = [
     pytest.param(mcpu, marks=pytest.mark.skipif(flag not in _FLAGS, reason=f"host CPU lacks {flag}"))

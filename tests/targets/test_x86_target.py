@@ -45,7 +45,7 @@ def test_default_tvm_target_names_the_host_cpu_explicitly():
 
 
 @pytest.mark.parametrize(
-    ("mcpu", "dot_product"), [("znver4", "avx512-vnni"), ("alderlake", "avx-vnni"), ("haswell", None)]
+    ("mcpu", "dot_product"), [("znver4", "avx512-vnni"), ("alderlake", "avx-vnni"), ("haswell", "avx2"), ("nehalem", None)]
 )
 def test_dot_product_capability_follows_mcpu(mcpu, dot_product):
     target = get_target("x86", mcpu=mcpu)
