@@ -7,6 +7,7 @@ shape is a :class:`InputMismatchError` that names the tensor, never a crash insi
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import shutil
 import tempfile
@@ -23,10 +24,21 @@ from qcompiler.errors import ArtifactError, ModelError, QcError
 __all__ = ["CompiledModule", "InputMismatchError", "TensorSpec", "region_signature", "set_num_threads"]
 
 
-def set_num_threads(num_threads: int) -> None:
-    """Size this process's TVM CPU thread pool (shared by every loaded module) to ``num_threads`` workers.
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    Without a call the pool uses ``TVM_NUM_THREADS`` or else every core.
+
+# TVM creates its thread pool once per thread, on first use, with TVM_NUM_THREADS workers or else half the
+# logical CPUs on x86 (it assumes hyper-threading): one worker on a 2-core machine, which no later
+# config_threadpool call can raise. Sizing it here, before any kernel runs, gives every core by default.
+os.environ.setdefault("TVM_NUM_THREADS", str(_usable_cores()))
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Run this process's TVM CPU thread pool (shared by every loaded module) on ``num_threads`` workers.
+
+    Without a call the pool uses ``TVM_NUM_THREADS`` or else every core this process may run on; a call
+    can lower that count, not raise it past the pool's size (``TVM_NUM_THREADS``).
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise QcError(f"num_threads must be a positive integer, got {num_threads!r}")

@@ -31,6 +31,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace qc {
@@ -266,10 +267,19 @@ inline int64_t QuantizeValue(float x, float scale, int64_t zero_point, int64_t q
 
 // ---- the model ---------------------------------------------------------------------------------------------
 
-// Size the process's CPU thread pool (shared by every Model) to `num_threads` workers. Without a call the
-// pool uses TVM_NUM_THREADS, else every core.
+// TVM creates its thread pool once per thread, on first use, with TVM_NUM_THREADS workers or else half the
+// logical CPUs on x86 (it assumes hyper-threading), which no later config_threadpool call can raise. Setting
+// TVM_NUM_THREADS (unless the user did) before the first Model or SetNumThreads gives every core.
+inline void SizeThreadPoolToAllCores() {
+  unsigned cores = std::thread::hardware_concurrency();
+  if (cores > 0) setenv("TVM_NUM_THREADS", std::to_string(cores).c_str(), /*overwrite=*/0);
+}
+
+// Run the process's CPU thread pool (shared by every Model) on `num_threads` workers. Without a call the
+// pool uses TVM_NUM_THREADS, else every core; a call can lower that count, not raise it past the pool's size.
 inline void SetNumThreads(int num_threads) {
   if (num_threads < 1) throw std::runtime_error("num_threads must be positive");
+  SizeThreadPoolToAllCores();
   ffi::Function::GetGlobalRequired("runtime.config_threadpool")(1, num_threads);  // 1: the big-core pool
 }
 
@@ -277,6 +287,7 @@ class Model {
  public:
   // `artifact_dir` holds manifest.json and the library it names (manifest["library"]["library"]).
   explicit Model(const std::string& artifact_dir) {
+    SizeThreadPoolToAllCores();
     Json manifest = Json::Parse(ReadFile(artifact_dir + "/manifest.json"));
     const Json& library = manifest["library"];
     for (const Json& j : library["inputs"].items) inputs_.push_back(TensorSpec::FromJson(j));

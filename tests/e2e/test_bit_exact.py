@@ -136,6 +136,18 @@ def test_thread_count_changes_no_bit(tiny_artifact, tiny_calibration, tmp_path, 
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_thread_pool_spans_every_core():
+    """TVM would size its pool to half the x86 CPUs (one worker on 2 cores) and clamp every later request."""
+    import tvm
+
+    try:
+        set_num_threads(2)
+        assert tvm.get_global_func("runtime.NumThreads")() == 2
+    finally:
+        set_num_threads(os.cpu_count())
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
 def test_bad_thread_count_is_refused(tiny_artifact, tmp_path, bad):
     directory = tiny_artifact.save(tmp_path / "saved")
