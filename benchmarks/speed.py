@@ -10,8 +10,10 @@ Protocol (compare numbers within one run: these shared 2-core machines are noisy
 * Thread counts (--threads) are measured one after the other. onnxruntime: intra_op_num_threads=N,
   inter_op_num_threads=1, ORT_ENABLE_ALL. qc: qcompiler.load(..., num_threads=N).
 * Warm-up: 5 calls per runner. Then --rounds rounds, interleaved A B C D A B C D ...: in each round every
-  runner times one call in turn, after a 20 ms idle gap, so that no thread pool still spinning from the
-  previous call (of any runner) competes with the call being timed.
+  runner times one call in turn, after a 20 ms idle gap. While a runner warms up or is timed, every other
+  runner's process is suspended (SIGSTOP/SIGCONT): an idle onnxruntime session with 2 intra-op threads
+  keeps one pool thread spinning on a core indefinitely (measured here: 1.0 core busy while it sleeps
+  between calls), which would otherwise take a core from whichever runner is being timed.
 * Per runner: the median time; the median over rounds of (the fastest onnxruntime configuration's time in
   that round / the runner's time), so > 1 means faster than the best onnxruntime; the relative L2 error
   ||y - y_fp32|| / ||y_fp32|| against onnxruntime FP32 on the benchmark input, a held-out sample (BERT: the
@@ -35,6 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -278,9 +282,26 @@ class Worker:
         self.conn.send(request)
         return self.receive()
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process (SIGSTOP suspends every thread of it, spinning ones included)."""
+        if self.process.is_alive():
+            os.kill(self.process.pid, signum)
+
+    def ask_alone(self, request: str, others: list[Worker]):
+        """:meth:`ask` after :data:`PAUSE_S` of idle, with every worker in ``others`` suspended meanwhile."""
+        for other in others:
+            other.signal(signal.SIGSTOP)
+        try:
+            time.sleep(PAUSE_S)
+            return self.ask(request)
+        finally:
+            for other in others:
+                other.signal(signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the process (killed if it does not exit within 5 s)."""
         if self.process.is_alive():
+            self.signal(signal.SIGCONT)
             try:
                 self.conn.send("stop")
             except OSError:
@@ -340,15 +361,14 @@ def measure(specs: list[Spec], threads: int, rounds: int, baselines: set[str],
                 if output:
                     rows[name].output = np.asarray(worker.ask("output"))
                 for _ in range(WARMUP):
-                    worker.ask("time")
+                    worker.ask_alone("time", [w for w in workers.values() if w is not worker])
             except RuntimeError as err:
                 fail(name, err)
         for _ in range(rounds):
             times = {}
             for name, worker in list(workers.items()):
-                time.sleep(PAUSE_S)
                 try:
-                    times[name] = worker.ask("time")
+                    times[name] = worker.ask_alone("time", [w for w in workers.values() if w is not worker])
                 except RuntimeError as err:
                     fail(name, err)
             best = min((t for name, t in times.items() if name in baselines), default=None)

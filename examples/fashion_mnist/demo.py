@@ -10,18 +10,33 @@ accuracy and latency side by side.
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
 import qcompiler
-from benchmarks.latency import median_ms
 from examples.fashion_mnist.data import write_calibration_npz, write_eval_npz
 from qcompiler.evaluate import evaluate_accuracy
 
 HERE = Path(__file__).resolve().parent
 BATCH = 100
+
+
+def median_ms(fn: Callable[[], object], runs: int = 20) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``runs`` back-to-back calls, after 3 warm-up calls
+    (``python -m benchmarks.speed`` is the careful comparison)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def main() -> None:
