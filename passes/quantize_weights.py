@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.errors import OverflowRiskError
-from qcompiler.ir import const_array, constant, fresh_name, node_text
+from qcompiler.ir import const_array, constant, fresh_name, matmul_bias, node_text
 from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._qdq import dequantized
 from qcompiler.qmath import symmetric_qparams
@@ -32,21 +32,26 @@ class QuantizeWeightsPass(QcPass):
         modified = False
         for node in list(graph):
             if node.op_type == "Conv" and const_array(node.inputs[1]) is not None:
-                self._quantize(graph, node, weight_axis=0, bias=node.inputs[2] if len(node.inputs) > 2 else None)
+                self._quantize(graph, node, weight_axis=0, bias_user=(node, 2) if len(node.inputs) > 2 else None)
                 modified = True
             elif node.op_type == "MatMul" and const_array(node.inputs[1]) is not None:
-                self._quantize(graph, node, weight_axis=1, bias=_matmul_bias(node))
+                users = node.outputs[0].consumers()
+                bias = matmul_bias(users[0]) if len(users) == 1 else None
+                self._quantize(graph, node, weight_axis=1,
+                               bias_user=None if bias is None else (users[0], list(users[0].inputs).index(bias)))
                 modified = True
         return PassResult(model, modified)
 
-    def _quantize(self, graph: ir.Graph, node: ir.Node, weight_axis: int, bias: ir.Value | None) -> None:
+    def _quantize(self, graph: ir.Graph, node: ir.Node, weight_axis: int,
+                  bias_user: tuple[ir.Node, int] | None) -> None:
+        """Quantize ``node``'s weight; ``bias_user`` is the node and input index holding its float bias."""
         source = dequantized(node.inputs[0])
         if source is None:
             raise ValueError(f"input of {node_text(node)} is not quantized; run InsertQDQPass first")
         weight = const_array(node.inputs[1]).astype(np.float64)
         other_axes = tuple(i for i in range(weight.ndim) if i != weight_axis)
         scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes), self.bits)
-        bias_value = const_array(bias) if bias is not None else None
+        bias_value = const_array(bias_user[0].inputs[bias_user[1]]) if bias_user is not None else None
         if bias_value is not None:
             # A channel whose weights nearly vanish (dead after BatchNorm folding) but whose bias does not
             # would need a bias beyond int32: widen that channel's weight scale so |b_q| <= 2**30.
@@ -63,17 +68,8 @@ class QuantizeWeightsPass(QcPass):
         q_bias = np.rint(bias_value.astype(np.float64).reshape(-1) / bias_scale)
         if np.any(np.abs(q_bias) > 2**31 - 1):
             raise OverflowRiskError(f"bias of {node_text(node)} overflows int32 at input scale {source.s:.3g}")
-        consumer = next(user for user, _ in bias.uses())
-        index = next(i for user, i in bias.uses() if user is consumer)
-        consumer.replace_input_with(index, _dequantize(graph, node, q_bias.astype(np.int32), bias_scale, 0, "bias"))
-
-
-def _matmul_bias(node: ir.Node) -> ir.Value | None:
-    """The constant operand of the Add that alone consumes a MatMul's output, if any."""
-    users = node.outputs[0].consumers()
-    if len(users) != 1 or users[0].op_type != "Add":
-        return None
-    return next((v for v in users[0].inputs[:2] if const_array(v) is not None), None)
+        bias_user[0].replace_input_with(bias_user[1], _dequantize(graph, node, q_bias.astype(np.int32), bias_scale, 0,
+                                                                  "bias"))
 
 
 def _dequantize(graph: ir.Graph, node: ir.Node, q: np.ndarray, scale: np.ndarray, axis: int, hint: str) -> ir.Value:

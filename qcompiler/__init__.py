@@ -8,6 +8,8 @@ Public API (stable within a major version; everything else is private)::
     y = m.run({"input": x})
 """
 
+import logging
+
 from qcompiler.config import CompileConfig
 from qcompiler.errors import (
     ArtifactError,
@@ -34,6 +36,11 @@ __all__ = [
     "load",
 ]
 __version__ = "0.1.0"
+
+#: libraries whose log records (onnxscript's folder notes, onnx-ir's tracebacks) reach users only when they
+#: configure logging themselves (``qc --verbose`` does): without a handler Python would print them on stderr.
+for _library in ("onnxscript", "onnx_ir"):
+    logging.getLogger(_library).addHandler(logging.NullHandler())
 
 _LAZY = {"Artifact", "Module", "compile", "load"}
 

@@ -22,6 +22,7 @@ from qcompiler.errors import QcError
 from qcompiler.model_io import boundary, integer_region, is_integer_entry, require_model_file
 from qcompiler.qmath import dequantize, quantize
 from qcompiler.report import build_report
+from qcompiler.report_html import write_report_html
 from qcompiler.targets import CompiledModule, get_target, set_num_threads
 
 __all__ = ["Artifact", "Module", "compile", "load"]
@@ -29,6 +30,7 @@ __all__ = ["Artifact", "Module", "compile", "load"]
 INT_MODEL = "model.int.onnx"
 QDQ_MODEL = "model.qdq.onnx"
 REPORT = "report.json"
+REPORT_HTML = "report.html"
 
 
 @dataclass
@@ -50,6 +52,10 @@ class Artifact:
             onnx.save(self.quantized.qdq_model, str(staging / QDQ_MODEL))
             library_files = self._copy_library(staging)
             (staging / REPORT).write_text(json.dumps(self.report, indent=1))
+            pages = []
+            if "layer_errors" in self.report:  # computed by qc compile --eval (qcompiler.layer_errors)
+                write_report_html(self.report, staging / REPORT_HTML)
+                pages.append(REPORT_HTML)
             inputs, outputs = boundary(self.quantized.int_model)
             manifest = {
                 "format": FORMAT,
@@ -59,7 +65,7 @@ class Artifact:
                 "library": self.library_info,
                 "config": self.config.to_json(),
                 "versions": _versions(),
-                "files": file_hashes(staging, [INT_MODEL, QDQ_MODEL, *library_files, REPORT]),
+                "files": file_hashes(staging, [INT_MODEL, QDQ_MODEL, *library_files, REPORT, *pages]),
             }
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         return directory
@@ -157,6 +163,11 @@ class Module:
         problems = [f"unexpected input '{k}'" for k in feeds if k not in names]
         problems += [f"missing input '{e['name']}'" for e in self.inputs if e["name"] not in feeds]
         for e in self.inputs:
+            shape = np.shape(feeds[e["name"]]) if e["name"] in feeds else None
+            if shape is not None and list(shape) != list(e["shape"]):
+                problems.append(f"input '{e['name']}' has shape {list(shape)}; the artifact was compiled for "
+                                f"{e['shape']} (recompile with --input-shape {e['name']}="
+                                f"{','.join(map(str, shape))} for another shape)")
             if is_integer_entry(e) and e["name"] in feeds and np.asarray(feeds[e["name"]]).dtype.name != e["int_dtype"]:
                 problems.append(f"input '{e['name']}' is {np.asarray(feeds[e['name']]).dtype.name}, "
                                 f"expected {e['int_dtype']} (integer inputs are passed through, not quantized)")

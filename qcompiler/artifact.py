@@ -44,6 +44,7 @@ def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
         raise ArtifactError(f"output directory {path} already exists; pass --force (force=True) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); an artifact is an ordinary directory
     try:
         yield staging
         if path.exists():
@@ -56,6 +57,13 @@ def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it; it is restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def file_hashes(directory: Path, names: list[str]) -> dict[str, str]:

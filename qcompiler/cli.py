@@ -7,25 +7,53 @@ written on failure.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
+import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from qcompiler.config import CompileConfig
-from qcompiler.errors import QcError
-from qcompiler.evaluate import evaluate_accuracy
-from qcompiler.qmath import dequantize
+from qcompiler.errors import QcError, QcWarning
+
+#: columns of help and tables when the output is not a terminal (rich would cut them at 80).
+_PIPE_WIDTH = 160
+if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+    typer.rich_utils.MAX_WIDTH = _PIPE_WIDTH
+_width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="qc: quantize float ONNX models into integer-only code.")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, width=_width)
+out = Console(width=_width)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from qcompiler import __version__
+
+        out.print(f"qc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show the log of the libraries qc uses "
+                                          "(onnxscript, onnx-ir, TVM's Python side) and Python warnings")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="print qc's version and exit")] = False,
+) -> None:
+    """qc: quantize float ONNX models into integer-only code."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
 def _parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
@@ -59,54 +87,77 @@ def _parse_bits(spec: str) -> dict[str, int]:
     return {"weight_bits": int(match[1]), "activation_bits": int(match[2])}
 
 
+_DEFAULTS = CompileConfig()
+
+
+def _with_default(text: str, field: str) -> str:
+    """Help text showing the :class:`CompileConfig` default of ``field`` (the flag's own default is None, so
+    that a value from ``--config`` is kept unless the flag is given)."""
+    value = getattr(_DEFAULTS, field)
+    shown = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    return f"{text} \\[default: {shown}]"  # escaped: help text is rich markup
+
+
 @app.command()
 def compile(
     model: Annotated[Path, typer.Argument(help="float ONNX model")],
     output: Annotated[Path, typer.Option("-o", "--output", help="artifact directory to write")] = Path("out"),
-    target: Annotated[str, typer.Option(help="target name (see `qc targets`)")] = "x86",
+    target: Annotated[str | None, typer.Option(help=_with_default("target name (see `qc targets`)", "target"))] = None,
     calib: Annotated[Path | None, typer.Option("--calib", "--calibration", help=".npz keyed by input name")] = None,
-    calibration_method: Annotated[str, typer.Option("--calibration-method", "--calibration_method",
-                                                    help="minmax | percentile | entropy | mse")] = "minmax",
-    percentile: Annotated[float, typer.Option(help="percentile for --calibration-method percentile")] = 99.999,
-    activation_type: Annotated[str, typer.Option("--activation-type", "--activation_type",
-                                                 help="uint8 | int8")] = "uint8",
-    input_shape: Annotated[list[str], typer.Option("--input-shape", help="name=d0,d1,... for dynamic inputs")] = [],  # noqa: B006
+    calibration_method: Annotated[str | None, typer.Option(
+        "--calibration-method", help=_with_default("minmax | percentile | entropy | mse", "calibration_method"))] = None,
+    percentile: Annotated[float | None, typer.Option(
+        help=_with_default("percentile for --calibration-method percentile", "percentile"))] = None,
+    activation_type: Annotated[str | None, typer.Option(
+        "--activation-type", help=_with_default("uint8 | int8", "activation_dtype"))] = None,
+    input_shape: Annotated[list[str], typer.Option("--input-shape", help="name=d0,d1,... for dynamic inputs "
+                                                   "(a dynamic batch alone defaults to 1)")] = [],  # noqa: B006
     target_option: Annotated[list[str], typer.Option("--target-option", help="key=value, e.g. mcpu=znver4")] = [],  # noqa: B006
     ram_limit: Annotated[str | None, typer.Option("--ram-limit", help="MCU targets: max RAM (bytes, 512K, 2M)")] = None,
     flash_limit: Annotated[str | None, typer.Option("--flash-limit", help="MCU targets: max flash (bytes, 2M)")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help=".npz with inputs and 'labels' for accuracy")] = None,
-    bits: Annotated[str | None, typer.Option(help="weight and activation widths wXaY, e.g. w8a8, w4a4")] = None,
-    attn_bits: Annotated[int | None, typer.Option("--attn-bits", help="post-Softmax width (codes for log2)")] = None,
-    softmax: Annotated[str | None, typer.Option(help="integer Softmax: table | shift | poly")] = None,
-    softmax_quant: Annotated[str | None, typer.Option("--softmax-quant",
-                                                      help="post-Softmax codes: uniform | log2 | log-sqrt2")] = None,
-    gelu: Annotated[str | None, typer.Option(help="integer GELU: table | shift | poly")] = None,
-    reparam: Annotated[bool | None, typer.Option("--reparam/--no-reparam",
-                                                 help="RepQ-ViT reparameterization of post-LayerNorm activations")] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON config (same keys as CompileConfig)")] = None,
+    bits: Annotated[str | None, typer.Option(
+        help="weight and activation widths wXaY, e.g. w8a8, w4a4 \\[default: w8a8]")] = None,
+    attn_bits: Annotated[int | None, typer.Option(
+        "--attn-bits", help=_with_default("post-Softmax width (codes for log2)", "attention_bits"))] = None,
+    softmax: Annotated[str | None, typer.Option(
+        help=_with_default("integer Softmax: table | shift | poly", "softmax"))] = None,
+    softmax_quant: Annotated[str | None, typer.Option(
+        "--softmax-quant", help=_with_default("post-Softmax codes: uniform | log2 | log-sqrt2", "softmax_quant"))] = None,
+    gelu: Annotated[str | None, typer.Option(help=_with_default("integer GELU: table | shift | poly", "gelu"))] = None,
+    reparam: Annotated[bool | None, typer.Option(
+        "--reparam/--no-reparam", help=_with_default("RepQ-ViT reparameterization of post-LayerNorm activations",
+                                                     "reparam"))] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON config (same keys as CompileConfig); flags given "
+                                                "on the command line override it")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ) -> None:
     """Quantize MODEL with calibration data and compile it into an artifact directory."""
-    import qcompiler
     from qcompiler.model_io import require_model_file
+    from qcompiler.targets import check_target_name
 
-    require_model_file(model)  # before anything loads TVM
-
-    base = CompileConfig.load(config) if config else CompileConfig()
-    settings = base.replace(
-        target=target, calibration_method=calibration_method, percentile=percentile, activation_dtype=activation_type,
-        input_shapes={**base.input_shapes, **_parse_shapes(input_shape)},
-        target_options={**base.target_options, **_parse_options(target_option),
-                        **{k: v for k, v in (("ram_limit", ram_limit), ("flash_limit", flash_limit)) if v is not None}},
-        **(_parse_bits(bits) if bits is not None else {}),
-        **{k: v for k, v in (("attention_bits", attn_bits), ("softmax", softmax), ("softmax_quant", softmax_quant),
-                             ("gelu", gelu), ("reparam", reparam)) if v is not None},
-    )
+    require_model_file(model)  # the cheap checks first: nothing heavy (TVM, onnxruntime) is loaded yet
     if output.exists() and not force:
         raise QcError(f"output directory {output} already exists; pass --force to replace it")
     if calib is None:
         raise QcError("calibration data is required: pass --calib file.npz keyed by the model's input names "
                       "(first axis = samples); qc never invents calibration data")
+    if not calib.is_file():
+        raise QcError(f"calibration file '{calib}' does not exist or is not a file")
+    base = CompileConfig.load(config) if config else CompileConfig()
+    given = {"target": target, "calibration_method": calibration_method, "percentile": percentile,
+             "activation_dtype": activation_type, "attention_bits": attn_bits, "softmax": softmax,
+             "softmax_quant": softmax_quant, "gelu": gelu, "reparam": reparam}
+    settings = base.replace(
+        input_shapes={**base.input_shapes, **_parse_shapes(input_shape)},
+        target_options={**base.target_options, **_parse_options(target_option),
+                        **{k: v for k, v in (("ram_limit", ram_limit), ("flash_limit", flash_limit)) if v is not None}},
+        **(_parse_bits(bits) if bits is not None else {}),
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    check_target_name(settings.target)
+    import qcompiler
+
     with _progress() as bar:
         tasks: dict[str, int] = {}
 
@@ -117,9 +168,17 @@ def compile(
 
         artifact = qcompiler.compile(model, calibration=calib, config=settings, progress=report)
         if eval_data is not None:
+            from qcompiler.evaluate import evaluate_accuracy
+            from qcompiler.layer_errors import layer_errors
+
             artifact.report["accuracy"] = evaluate_accuracy(artifact, eval_data, progress=report)
+            q = artifact.quantized
+            artifact.report["layer_errors"] = layer_errors(q.float_model, q.qdq_model, q.int_model, eval_data)
     artifact.save(output, force=force)
     _print_summary(artifact.report, output)
+    if eval_data is not None:
+        out.print(_errors_table(artifact.report["layer_errors"], title="worst layers", limit=5))
+        out.print(f"per-layer report: {output / 'report.html'} (every layer: qc inspect {output} --errors)")
 
 
 def _progress() -> Progress:
@@ -137,6 +196,8 @@ def _print_summary(report: dict, output: Path) -> None:
     for op, total, done in op_count_rows(report):
         table.add_row(op, str(total), str(done))
     out.print(table)
+    for e in report["inputs"]:
+        out.print(f"input {e['name']}: {e['int_dtype']}{e['shape']}")
     sizes = report["weight_bytes"]
     out.print(f"weights: {sizes['float']:,} bytes float -> {sizes['integer']:,} bytes integer "
               f"({sizes['float'] / max(sizes['integer'], 1):.2f}x smaller)")
@@ -156,13 +217,17 @@ def run(
     artifact: Annotated[Path, typer.Argument(help="artifact directory")],
     input: Annotated[Path, typer.Option("--input", help=".npz keyed by model input name")],
     output: Annotated[Path, typer.Option("--output", help=".npz to write (float outputs by name)")],
-    integer: Annotated[bool, typer.Option(help="also write the integer outputs (key suffix ':int')")] = False,
+    integer: Annotated[bool, typer.Option(help="also write the integer outputs (keyed by their tensor names, "
+                                          "as Module.run_integer returns them)")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: every core)", min=1)] = None,
+    emulate: Annotated[bool, typer.Option(help="run an artifact for another machine (aarch64, Cortex-M) "
+                                          "under qemu")] = False,
 ) -> None:
     """Run a compiled artifact on float inputs from an .npz file."""
     import qcompiler
+    from qcompiler.qmath import dequantize
 
-    module = qcompiler.load(artifact, num_threads=threads)
+    module = qcompiler.load(artifact, emulate=emulate, num_threads=threads)
     try:
         with np.load(input) as data:
             feeds = {k: data[k] for k in data.files}
@@ -171,22 +236,32 @@ def run(
     ints = module.run_integer(module.quantize_inputs(feeds))
     results = {e["name"]: dequantize(ints[e["int_name"]], e["scale"], e["zero_point"]) for e in module.outputs}
     if integer:
-        results.update({f"{e['name']}:int": ints[e["int_name"]] for e in module.outputs})
+        results.update({e["int_name"]: ints[e["int_name"]] for e in module.outputs})
     np.savez(output, **results)
     out.print(f"wrote {', '.join(results)} to {output}")
 
 
 @app.command()
 def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")],
-            as_json: Annotated[bool, typer.Option("--json", help="print report.json")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="print report.json")] = False,
+            errors: Annotated[bool, typer.Option("--errors", help="print the per-layer error table, worst first "
+                                                 "(needs an artifact compiled with --eval)")] = False) -> None:
     """Show what was quantized how, per node."""
     from qcompiler.artifact import check_hashes, read_manifest
+    from qcompiler.errors import ArtifactError
 
     manifest = read_manifest(artifact)
     check_hashes(artifact, manifest)
     report = json.loads((artifact / "report.json").read_text())
     if as_json:
         out.print_json(data=report)
+        return
+    if errors:
+        if "layer_errors" not in report:
+            raise ArtifactError(f"{artifact} has no per-layer errors: it was compiled without evaluation data; "
+                                "recompile with `qc compile ... --eval eval.npz`")
+        out.print(_errors_table(report["layer_errors"], title=f"per-layer error on "
+                                f"{report['layer_errors']['samples']} samples, worst first"))
         return
     target = manifest["target"]
     out.print(f"target {target['name']} ({target.get('triple', '')}), library {manifest['library']['library']}")
@@ -206,6 +281,18 @@ def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")]
     out.print(table)
     if report.get("blocks"):
         out.print(_blocks_table(report["blocks"]))
+
+
+def _errors_table(errors: dict, title: str, limit: int | None = None) -> Table:
+    """The rows of a report's ``layer_errors`` (worst first, at most ``limit``) as a table."""
+    from qcompiler.layer_errors import COLUMNS, table_rows
+
+    table = Table(title=title)
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("layer", "ops") else "right")
+    for row in table_rows(errors["layers"][:limit]):
+        table.add_row(*row)
+    return table
 
 
 def _blocks_table(blocks: list[dict]) -> Table:
@@ -240,8 +327,17 @@ def targets() -> None:
     out.print(table)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """qc's own warnings as one ``warning:`` line; other libraries' go to the log (shown by ``--verbose``)."""
+    if issubclass(category, QcWarning):
+        console.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False)
+    else:
+        logging.getLogger("py.warnings").info("%s: %s", category.__name__, message)
+
+
 def main() -> None:
     """Entry point of the ``qc`` script: user errors exit with status 2 and one message."""
+    warnings.showwarning = _show_warning
     try:
         app(standalone_mode=False)
     except QcError as error:

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from qcompiler.calibration import collect_channel_ranges, collect_ranges, collect_samples
 from qcompiler.config import CompileConfig
 from qcompiler.errors import UnsupportedOpsError
-from qcompiler.model_io import integer_region, load_float_model
+from qcompiler.model_io import integer_region, load_float_model, refuse_empty_values
 from qcompiler.passes.reparameterize_layer_norm import ReparameterizeLayerNormPass, reparameterizable
 from qcompiler.pipelines import integerize_pipeline, normalize_pipeline, quantize_pipeline
 from qcompiler.quant_plan import assign_qparams, calibration_points, unsupported_nodes
@@ -53,6 +53,7 @@ def quantize_model(model, calibration, config: CompileConfig, mantissa_bits: int
     start = time.perf_counter()
     ir_model = load_float_model(model)
     normalize_pipeline(config.input_shapes)(ir_model)
+    refuse_empty_values(ir_model.graph)
     problems = unsupported_nodes(ir_model.graph)
     if problems:
         raise UnsupportedOpsError(problems)

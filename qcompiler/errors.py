@@ -17,6 +17,7 @@ __all__ = [
     "ArtifactError",
     "TargetError",
     "PassFailure",
+    "QcWarning",
 ]
 
 
@@ -24,6 +25,11 @@ class QcError(Exception):
     """Base class of every user-facing qc error (exit status 2 from the CLI)."""
 
     exit_code = 2
+
+
+class QcWarning(UserWarning):
+    """Something qc did that the user should know about (data dropped, a default chosen); the CLI prints
+    these as one ``warning:`` line each."""
 
 
 class ModelError(QcError):

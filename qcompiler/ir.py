@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from qcompiler.errors import ModelError
 
 __all__ = [
     "constant",
@@ -16,6 +20,8 @@ __all__ = [
     "fresh_name",
     "node_text",
     "erase_if_unused",
+    "matmul_bias",
+    "infer_shapes",
 ]
 
 _counter = itertools.count()
@@ -80,3 +86,55 @@ def node_text(node: ir.Node) -> str:
     outs = ", ".join(v.name or "" for v in node.outputs)
     op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
     return f"{node.name or '<unnamed>'} ({op}) ({ins}) -> ({outs})"
+
+
+def matmul_bias(add: ir.Node) -> ir.Value | None:
+    """The bias of ``Add(MatMul(x, W[K, N]), b)``: ``b`` when it is constant and holds one value per column.
+
+    ``b`` must have ``N`` elements along the last axis only (shape ``[N]`` or ``[1, .., 1, N]``) and the MatMul
+    output must feed nothing but this Add; any other constant operand (a position table, a full-shape offset)
+    makes the Add an ordinary elementwise Add.
+    """
+    if add.op_type != "Add":
+        return None
+    for source, operand in (add.inputs[:2], add.inputs[1::-1]):
+        producer = source.producer() if source is not None else None
+        weight = const_array(producer.inputs[1]) if producer is not None and producer.op_type == "MatMul" else None
+        bias = const_array(operand)
+        if weight is None or bias is None or weight.ndim != 2 or len(source.consumers()) != 1:
+            continue
+        if bias.size == weight.shape[1] and bias.shape[-1:] == (weight.shape[1],):
+            return operand
+    return None
+
+
+class _FailureRecorder(logging.Handler):
+    """Keeps the exception onnx-ir's shape inference logs (with a traceback) instead of printing it."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and self.error is None:
+            self.error = record.exc_info[1]
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Run ONNX shape inference on ``model`` (strict, with data propagation) and merge the shapes found.
+
+    Raises :class:`ModelError` with ONNX's own first line, which names the node, when inference fails;
+    onnx-ir would log a traceback and leave the model unchanged.
+    """
+    logger = logging.getLogger("onnx_ir.passes.common.shape_inference")
+    recorder = _FailureRecorder()
+    logger.addHandler(recorder)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        ShapeInferencePass()(model)
+    finally:
+        logger.removeHandler(recorder)
+        logger.propagate = propagate
+    if recorder.error is not None:
+        first = str(recorder.error).strip().splitlines()[0] if str(recorder.error).strip() else repr(recorder.error)
+        raise ModelError(f"ONNX shape inference fails on the model: {first}")

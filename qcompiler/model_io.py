@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from qcompiler.errors import ModelError
 
-__all__ = ["load_float_model", "integer_region", "boundary", "is_integer_entry"]
+__all__ = ["load_float_model", "refuse_empty_values", "integer_region", "boundary", "is_integer_entry"]
 
 
 def require_model_file(source: str | Path | onnx.ModelProto) -> None:
@@ -27,38 +27,106 @@ def load_float_model(source: str | Path | onnx.ModelProto) -> ir.Model:
     else:
         require_model_file(source)
         path = Path(source)
+        if path.stat().st_size == 0:
+            raise ModelError(f"{path} is empty (0 bytes), not an ONNX model")
         try:
-            proto = onnx.load(str(path))
+            proto = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf raises DecodeError, but truncated files raise others too
             raise ModelError(f"{path} is not a readable ONNX model (truncated or corrupt?): {error}") from error
+        _load_external_data(proto, path)
+    where = "the model" if isinstance(source, onnx.ModelProto) else f"{source}"
+    _check_structure(proto, where)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         first = str(error).strip().splitlines()[0]
-        raise ModelError(f"the model fails the ONNX checker: {first}") from error
-    if not proto.graph.node:
-        raise ModelError("the model's graph has no nodes")
-    proto = _upgrade_opset(proto)
+        raise ModelError(f"{where} fails the ONNX checker: {first}") from error
+    proto = _upgrade_opset(proto, where)
     model = ir.serde.deserialize_model(proto)
     _check_finite(model)
     return model
+
+
+#: graph input and output element types qc takes: float32 tensors (quantized at the boundary) and integers.
+_ACCEPTED_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+                   onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
+                   onnx.TensorProto.BOOL}
+
+
+def _check_structure(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse, naming the node or tensor, what the ONNX checker reports without a name (or not at all)."""
+    if not proto.graph.node:
+        raise ModelError(f"{where}: the graph has no nodes")
+    for index, node in enumerate(proto.graph.node):
+        if not node.op_type:
+            raise ModelError(f"{where}: node {index} ('{node.name or '<unnamed>'}', outputs {list(node.output)}) "
+                             "has an empty op_type; the file is corrupt or was written by a broken exporter")
+    initializers = {t.name for t in proto.graph.initializer}
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor = value.type.tensor_type
+            if not value.type.HasField("tensor_type"):
+                raise ModelError(f"{where}: graph {kind} '{value.name}' is not a tensor; qc takes tensor inputs")
+            if tensor.elem_type not in _ACCEPTED_TYPES:
+                name = _type_name(tensor.elem_type)
+                raise ModelError(f"{where}: graph {kind} '{value.name}' is {name}; qc quantizes float32 models "
+                                 "(integer inputs such as token ids pass through): export the model in float32")
+            if not tensor.HasField("shape"):
+                raise ModelError(f"{where}: graph {kind} '{value.name}' has unknown rank (no shape in the model); "
+                                 f"re-export it with its shape (dynamic dims are fine, qc fixes them with "
+                                 f"--input-shape)")
+
+
+def _type_name(elem_type: int) -> str:
+    """An ONNX element type as users know it: ``float64``, ``bfloat16``, ``float16``, ``string``, ..."""
+    if elem_type == onnx.TensorProto.STRING:
+        return "string"
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, TypeError, ValueError):
+        return onnx.helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
+
+
+def refuse_empty_values(graph: ir.Graph) -> None:
+    """Refuse a node whose output has no elements (a zero-size weight, a zero dim), naming it and the cause."""
+    for node in graph:
+        for out in node.outputs:
+            dims = list(out.shape.dims) if out.shape is not None else []
+            if dims and all(isinstance(d, int) for d in dims) and 0 in dims:
+                empty = [f"'{v.name}' {list(v.shape.dims)}" for v in node.inputs
+                         if v is not None and v.shape is not None and 0 in list(v.shape.dims)]
+                cause = f"; its input(s) {', '.join(empty)} are empty" if empty else ""
+                raise ModelError(f"node '{node.name}' ({node.op_type}) computes the empty tensor '{out.name}' "
+                                 f"of shape {dims}{cause}: fix the exported model (a zero-size weight?)")
 
 
 #: the default-domain opset qc's passes emit and the integer model uses.
 OPSET = 21
 
 
-def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Read the tensors ``proto`` keeps in files beside ``path``; refuse, naming them, any it cannot read
+    (a missing file, or a location outside the model's directory)."""
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as error:  # onnx raises ValidationError, OSError or others for bad locations
+        external = [t.name for t in proto.graph.initializer if onnx.external_data_helper.uses_external_data(t)]
+        raise ModelError(f"{path}: cannot read the external data of tensor(s) {external}: {error}") from error
+
+
+def _upgrade_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """Convert the model to opset :data:`OPSET`, the one qc's passes and integer ops are written for."""
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if version == OPSET:
         return proto
     if version > OPSET:
-        raise ModelError(f"the model uses opset {version}; qc supports opsets up to {OPSET}: re-export with opset {OPSET}")
+        raise ModelError(f"{where} uses opset {version}; qc supports opsets up to {OPSET}: re-export with opset {OPSET}")
     try:
         return onnx.version_converter.convert_version(proto, OPSET)
     except Exception as error:
-        raise ModelError(f"cannot convert the model from opset {version} to {OPSET}: {error}; "
+        raise ModelError(f"cannot convert {where} from opset {version} to {OPSET}: {error}; "
                          f"re-export it with opset_version={OPSET}") from error
 
 

@@ -3,8 +3,8 @@
 A pass subclasses :class:`QcPass` and implements ``call(model) -> PassResult`` reporting ``modified``;
 ``requires``/``ensures`` hold its pre- and postconditions as code. A :class:`Pipeline` is itself a pass: it
 runs a literal list of passes in order, wraps any failure in :class:`~qcompiler.errors.PassFailure` naming the
-pass and the passes that ran before it, and calls the active instruments after each pass (tests add the
-verifier as an instrument for every pipeline, see ``tests/conftest.py``).
+pass and the passes that ran before it. Every pass, in a pipeline or called alone, calls the active
+instruments after it ran (tests add the staged verifier as an instrument, see ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from qcompiler.errors import PassFailure, QcError
 
 __all__ = ["QcPass", "Pipeline", "PassResult", "Instrument", "instrumented", "active_instruments"]
 
-#: an instrument is called as ``instrument(pass_name, model)`` after every pass of every pipeline.
+#: an instrument is called as ``instrument(pass_name, model)`` after every pass (pipelines included).
 Instrument = Callable[[str, ir.Model], None]
 
 _INSTRUMENTS: contextvars.ContextVar[tuple[Instrument, ...]] = contextvars.ContextVar("qc_instruments", default=())
@@ -29,7 +29,7 @@ _INSTRUMENTS: contextvars.ContextVar[tuple[Instrument, ...]] = contextvars.Conte
 
 @contextlib.contextmanager
 def instrumented(*instruments: Instrument) -> Iterator[None]:
-    """Within this context every pipeline also runs ``instruments`` after each pass."""
+    """Within this context every pass also runs ``instruments`` after it ran."""
     token = _INSTRUMENTS.set(_INSTRUMENTS.get() + instruments)
     try:
         yield
@@ -49,6 +49,13 @@ class QcPass(InPlacePass):
     def name(self) -> str:
         """The pass's class name, used in errors, timings and ``--print-ir-after``."""
         return type(self).__name__
+
+    def __call__(self, model: ir.Model) -> PassResult:
+        """Run the pass (with its pre- and postconditions), then the active instruments."""
+        result = super().__call__(model)
+        for instrument in active_instruments():
+            instrument(self.name, result.model)
+        return result
 
 
 class Pipeline(QcPass):
@@ -70,7 +77,7 @@ class Pipeline(QcPass):
         return self._name
 
     def call(self, model: ir.Model) -> PassResult:
-        """Run every pass, then the active instruments; report whether any pass modified the model."""
+        """Run every pass (each runs the active instruments); report whether any pass modified the model."""
         modified = False
         ran: list[str] = []
         for each in self.passes:
@@ -87,6 +94,4 @@ class Pipeline(QcPass):
             self.timings.append((each.name, time.perf_counter() - start))
             modified |= result.modified
             ran.append(each.name)
-            for instrument in active_instruments():
-                instrument(each.name, model)
         return PassResult(model, modified)

@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.intops import is_integer_op
-from qcompiler.ir import attr, const_array
+from qcompiler.ir import attr, const_array, matmul_bias
 from qcompiler.qmath import affine_qparams
 
 __all__ = [
@@ -187,8 +187,8 @@ def _is_bias_add(node: ir.Node) -> bool:
 def _absorbs(producer: ir.Node, consumer: ir.Node, value: ir.Value) -> bool:
     """Whether ``consumer`` is fused with ``producer`` so that ``value`` is never materialized as integer."""
     if consumer.op_type in _FUSED_ACTIVATIONS and producer.op_type in ("Conv", "MatMul", "Add", "Sub", "Sum"):
-        return producer.op_type != "Add" or not _is_bias_add(producer) or _is_matmul_bias(producer)
-    if producer.op_type == "MatMul" and _is_bias_add(consumer):
+        return producer.op_type != "Add" or not _is_bias_add(producer) or matmul_bias(producer) is not None
+    if producer.op_type == "MatMul" and matmul_bias(consumer) is not None:
         return True
     if consumer.op_type == "Softmax" and is_softmax_mask(producer):
         return True
@@ -196,11 +196,6 @@ def _absorbs(producer: ir.Node, consumer: ir.Node, value: ir.Value) -> bool:
         return producer.inputs[0] in consumer.inputs and value in consumer.inputs
     return False
 
-
-def _is_matmul_bias(node: ir.Node) -> bool:
-    source = next((v for v in node.inputs[:2] if const_array(v) is None), None)
-    producer = source.producer() if source is not None else None
-    return producer is not None and producer.op_type == "MatMul" and len(source.consumers()) == 1
 
 
 def _absorbed(value: ir.Value) -> bool:

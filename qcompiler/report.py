@@ -77,11 +77,12 @@ def _blocks(nodes: list[dict]) -> list[dict]:
 
 
 def _fused_owner(model: onnx.ModelProto, node: onnx.NodeProto, integer_ops: dict) -> str:
-    """The nearest producer of ``node`` that owns integer ops (a Relu fused into its Conv, ...)."""
+    """The nearest producer of ``node`` that owns integer ops (a Relu fused into its Conv, a bias Add into its
+    MatMul, ...), following the first input that a node computes (a bias may come first)."""
     producers = {out: n for n in model.graph.node for out in n.output}
     current = node
-    while current.input and current.input[0] in producers:
-        current = producers[current.input[0]]
+    while (source := next((name for name in current.input if name in producers), None)) is not None:
+        current = producers[source]
         if current.name in integer_ops:
             return current.name
     return ""

@@ -3,9 +3,12 @@
 The integer region is everything between the boundary QuantizeLinear nodes (fed by graph inputs) and the
 boundary DequantizeLinear nodes (producing graph outputs). In ``staged`` mode (used between passes, while
 the model is still partly in QDQ form) float values are also allowed inside *QDQ islands*: a float value
-produced by a DequantizeLinear or by a float op whose float inputs are themselves allowed, and consumed only
-by float ops or QuantizeLinear nodes. In staged mode only nodes downstream of a boundary QuantizeLinear are checked (before quantization the
-whole graph is float). In final mode no island may remain.
+produced by a DequantizeLinear, a float constant, a Cast of integers (a mask), or the float output of an op
+whose float inputs are all themselves allowed. Such a value may be consumed only by island ops (ops computing allowed float values) or
+QuantizeLinear nodes: any other consumer is an integer op with a float input and is reported. A float value
+of any other origin (a float graph input consumed without a boundary QuantizeLinear) is never allowed. In
+staged mode only nodes downstream of a boundary QuantizeLinear are checked (before quantization the whole
+graph is float). In final mode no island may remain.
 
 Integer graph inputs (token ids, attention masks) enter the integer region without a boundary node. Once
 quantization has started (the model holds a QuantizeLinear), staged mode checks the nodes downstream of them
@@ -23,6 +26,8 @@ from qcompiler.ir import node_text
 __all__ = ["IntegerRegionError", "integer_region_problems", "verify_integer_region"]
 
 _BOUNDARY = ("QuantizeLinear", "DequantizeLinear")
+#: ops whose float outputs start a QDQ island whatever their inputs (see :func:`_island_values`).
+_ISLAND_SOURCES = ("DequantizeLinear", "Constant", "Cast")
 
 
 class IntegerRegionError(QcError):
@@ -45,10 +50,11 @@ def integer_region_problems(model: ir.Model, staged: bool = False) -> list[str]:
     """Every violation of the integer-region invariant, one line each (empty when the model is clean)."""
     problems = []
     region = _downstream_of_boundary(model.graph) if staged else None
+    island = _island_values(model.graph) if staged else None
     for node in model.graph:
         if _is_boundary_quantize(node) or _is_boundary_dequantize(node):
             continue
-        if staged and (node not in region or _in_island(node)):
+        if staged and (node not in region or _in_island(node, island)):
             continue
         if node.op_type in _BOUNDARY and node.domain in ("", "ai.onnx"):
             problems.append(f"QDQ node inside the integer region: {node_text(node)}")
@@ -78,11 +84,27 @@ def _is_integer_input(value: ir.Value) -> bool:
     return value.is_graph_input() and value.dtype is not None and not _is_float(value)
 
 
-def _in_island(node: ir.Node) -> bool:
-    """Part of a QDQ island: a Q/DQ node, or an op still computing a float output."""
+def _island_values(graph: ir.Graph) -> set[ir.Value]:
+    """The float values a QDQ island may hold: the outputs of DequantizeLinear, Constant and Cast (integers
+    such as masks enter QDQ arithmetic through an exact Cast that integerization removes), and the float
+    outputs of ops whose float inputs are all such values or initializers. Graph order is topological, so one
+    sweep suffices."""
+    allowed: set[ir.Value] = set()
+    for node in graph:
+        float_inputs = [v for v in node.inputs if v is not None and _is_float(v)]
+        if node.op_type in _ISLAND_SOURCES or (
+            float_inputs and all(v in allowed or v.const_value is not None for v in float_inputs)
+        ):
+            allowed.update(v for v in node.outputs if _is_float(v))
+    return allowed
+
+
+def _in_island(node: ir.Node, island: set[ir.Value]) -> bool:
+    """Part of a QDQ island: a Q/DQ node, or an op whose float outputs are all allowed island values."""
     if node.op_type in _BOUNDARY:
         return True
-    return any(v is not None and _is_float(v) for v in node.outputs)
+    floats = [v for v in node.outputs if v is not None and _is_float(v)]
+    return bool(floats) and all(v in island for v in floats)
 
 
 def verify_integer_region(model: ir.Model, staged: bool = False) -> None:

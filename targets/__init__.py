@@ -15,7 +15,6 @@ from typing import Any
 
 from qcompiler.errors import TargetError
 from qcompiler.targets._base import Progress, Target
-from qcompiler.targets._runtime import CompiledModule, InputMismatchError, TensorSpec, set_num_threads
 
 __all__ = [
     "CompiledModule",
@@ -24,9 +23,23 @@ __all__ = [
     "Target",
     "TensorSpec",
     "available_targets",
+    "check_target_name",
     "get_target",
     "set_num_threads",
 ]
+
+#: names re-exported from the runtime, which imports TVM (seconds): loaded on first use, so that naming and
+#: checking targets stays cheap (the CLI refuses an unknown target before loading anything heavy).
+_RUNTIME = {"CompiledModule", "InputMismatchError", "TensorSpec", "set_num_threads"}
+
+
+def __getattr__(name: str):
+    """The runtime's names, imported when first asked for."""
+    if name in _RUNTIME:
+        from qcompiler.targets import _runtime
+
+        return getattr(_runtime, name)
+    raise AttributeError(f"module 'qcompiler.targets' has no attribute {name!r}")
 
 #: target name -> "module:class"; imported on first use.
 _REGISTRY = {
@@ -44,9 +57,14 @@ def available_targets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_target(name: str, **options: Any) -> Target:
-    """The target called ``name``, configured with ``options`` (e.g. ``get_target("x86", mcpu="znver4")``)."""
+def check_target_name(name: str) -> None:
+    """Refuse a name that is not a target, listing the targets (cheap: imports no target)."""
     if name not in _REGISTRY:
         raise TargetError(f"unknown target {name!r}; available targets: {', '.join(available_targets())}")
+
+
+def get_target(name: str, **options: Any) -> Target:
+    """The target called ``name``, configured with ``options`` (e.g. ``get_target("x86", mcpu="znver4")``)."""
+    check_target_name(name)
     module, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls).from_options(**options)

@@ -366,7 +366,7 @@ def _requantize(n: _Node) -> relax.Expr:
 
 def _lookup_table(n: _Node) -> relax.Expr:
     """qc.LookupTable: ``table[int32(x) + index_offset]``."""
-    return R.take(n.arg(1), R.add(R.astype(n.arg(0), "int32"), n.arg(2)), axis=0)
+    return R.take(n.arg(1), R.add(R.astype(n.arg(0), "int32"), n.arg(2)), axis=0, mode="clip")
 
 
 def _shift(op: Callable[..., relax.Expr]) -> Callable[[_Node], relax.Expr]:
@@ -434,7 +434,7 @@ def _slice(n: _Node) -> relax.Expr:
         if step > 0:
             x = R.strided_slice(x, axes=[axis], begin=[kept.start], end=[kept.stop], strides=[step])
         else:
-            x = R.take(x, _const(np.array(kept, np.int64)), axis=axis)
+            x = R.take(x, _const(np.array(kept, np.int64)), axis=axis, mode="clip")
     return x
 
 
@@ -466,7 +466,7 @@ def _gather(n: _Node) -> relax.Expr:
     if not n.is_const(1):
         return R.take(n.arg(0), n.arg(1), axis=axis, mode="clip")
     indices = n.const(1)
-    return R.take(n.arg(0), _const(np.where(indices < 0, indices + n.shape(0)[axis], indices)), axis=axis)
+    return R.take(n.arg(0), _const(np.where(indices < 0, indices + n.shape(0)[axis], indices)), axis=axis, mode="clip")
 
 
 def _expand(n: _Node) -> relax.Expr:
@@ -561,7 +561,7 @@ def _resize(n: _Node) -> relax.Expr:
     for axis, size in zip(axes, _ints(n.const(3)), strict=True):
         index = _nearest_indices(shape[axis], size, coordinates, nearest)
         if not np.array_equal(index, np.arange(shape[axis])):
-            x = R.take(x, _const(index), axis=axis)
+            x = R.take(x, _const(index), axis=axis, mode="clip")
     return x
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from qcompiler.errors import CalibrationError, ModelError
+from qcompiler.errors import CalibrationError, ModelError, QcWarning
 
 __all__ = ["HOW_TO_CALIBRATE", "CalibrationBatches", "InputSpecs", "calibration_batches", "load_samples"]
 
@@ -90,6 +90,7 @@ def calibration_batches(source: Any, model_inputs: InputSpecs) -> CalibrationBat
         warnings.warn(
             f"{count % batch} calibration sample(s) dropped: {count} samples do not fill whole batches of "
             f"{batch} (the model's static batch size), and qc does not pad with invented data",
+            QcWarning,
             stacklevel=2,
         )
     total = count // batch

@@ -36,14 +36,16 @@ class Result:
     stderr: str
 
 
-def _env() -> dict[str, str]:
-    """The environment of every ``qc`` run: a wide terminal keeps rich from wrapping messages mid-phrase."""
-    return {**os.environ, "COLUMNS": "250"}
+def _env(wide: bool = True) -> dict[str, str]:
+    """The environment of a ``qc`` run: a wide terminal keeps rich from wrapping messages mid-phrase;
+    ``wide=False`` leaves the width to qc, as when its output goes to a pipe or a file."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return {**env, "COLUMNS": "250"} if wide else env
 
 
-def run_qc(*args: str, cwd: Path) -> Result:
-    """Run the installed ``qc`` script with ``args`` in ``cwd``."""
-    done = subprocess.run([str(QC), *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+def run_qc(*args: str, cwd: Path, wide: bool = True) -> Result:
+    """Run the installed ``qc`` script with ``args`` in ``cwd`` (``wide``: see :func:`_env`)."""
+    done = subprocess.run([str(QC), *args], cwd=cwd, env=_env(wide), capture_output=True, text=True, timeout=300)
     return Result(done.returncode, done.stdout, done.stderr)
 
 

@@ -66,8 +66,9 @@ CASES = {
     "calib_nan": compile_case("tiny.onnx", "--calib", "nan.npz", *SHAPE,
                               expect=("input 'input' holds NaN/Inf in sample(s) 3",)),
     "no_calib": compile_case("tiny.onnx", *SHAPE, expect=("calibration data is required", "--calib")),
-    "dynamic_input": compile_case("tiny.onnx", "--calib", "calib.npz",
-                                  expect=("input 'input' has a dynamic shape", "--input-shape input=1,1,16,16")),
+    "dynamic_input": compile_case("dynamic_hw.onnx", "--calib", "calib.npz",
+                                  expect=("input 'input' has a dynamic shape [batch,1,height,width]",
+                                          "--input-shape input=1,1,1,1")),
     "output_exists": compile_case("tiny.onnx", "--calib", "calib.npz", *SHAPE,
                                   expect=("already exists", "--force")),
     "unsupported_ops": compile_case("unsupported.onnx", "--calib", "unsupported.npz",
@@ -117,6 +118,7 @@ def write_inputs(work: Path) -> None:
     (work / "random.onnx").write_bytes(np.random.default_rng(0).bytes(3000))
     (work / "truncated.onnx").write_bytes(good[: len(good) // 2])
     write_nan_weights(tiny, work / "nan_weights.onnx")
+    write_dynamic_hw(tiny, work / "dynamic_hw.onnx")
     write_unsupported(work / "unsupported.onnx")
 
     rng = np.random.default_rng(0)
@@ -151,6 +153,16 @@ def write_nan_weights(tiny: Path, path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def write_dynamic_hw(tiny: Path, path: Path) -> None:
+    """The tiny CNN with dynamic height and width besides its dynamic batch: no default can fix those."""
+    model = onnx.load(str(tiny))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for index, name in ((2, "height"), (3, "width")):
+        dims[index].Clear()
+        dims[index].dim_param = name
+    onnx.save(model, str(path))
+
+
 def write_unsupported(path: Path) -> None:
     """``x [1, 8]`` through three Cos, an Einsum and a (supported) Relu."""
     nodes = [
@@ -175,7 +187,8 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
-HAPPY = ("compile", "tiny.onnx", "-o", "happy", "--calib", "calib.npz", *SHAPE, "--eval", "eval.npz", "--force")
+#: no --input-shape: the dynamic batch, the only dynamic dim, defaults to 1.
+HAPPY = ("compile", "tiny.onnx", "-o", "happy", "--calib", "calib.npz", "--eval", "eval.npz", "--force")
 #: the error case also run through the installed script (its own output directory name).
 SCRIPT_CASE = "dynamic_input"
 
@@ -184,12 +197,15 @@ SCRIPT_CASE = "dynamic_input"
 def results(work) -> dict[str, Result]:
     """Every independent ``qc`` command of this module, run concurrently: name -> result."""
     commands = {name: output_args(name, case) for name, case in CASES.items()}
-    commands |= {"targets": ("targets",), "help": ("--help",)}
+    commands |= {"help": ("--help",), "version": ("--version",)}
+    narrow = {"targets": ("targets",), "compile_help": ("compile", "--help")}  # output to a pipe, COLUMNS unset
     with ThreadPoolExecutor(max_workers=3) as pool:
         happy = pool.submit(run_qc, *HAPPY, cwd=work)  # the longest: first
         batch = pool.submit(run_batch, commands, work)
         script = pool.submit(run_qc, *output_args(f"{SCRIPT_CASE}_script", CASES[SCRIPT_CASE]), cwd=work)
-    return {**batch.result(), "happy": happy.result(), "script": script.result()}
+        piped = {name: pool.submit(run_qc, *args, cwd=work, wide=False) for name, args in narrow.items()}
+    return {**batch.result(), "happy": happy.result(), "script": script.result(),
+            **{name: done.result() for name, done in piped.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +275,12 @@ def test_run_writes_outputs_equal_to_the_python_api(work, artifact):
 
     module = qcompiler.load(artifact)
     with np.load(work / "x.npz") as x, np.load(work / "y.npz") as y:
-        assert sorted(y.files) == ["probs", "probs:int"]
+        out = module.outputs[0]
+        assert sorted(y.files) == sorted(["probs", out["int_name"]])  # the names run_integer uses
         expected = module.run({"input": x["input"]})["probs"]
         np.testing.assert_array_equal(y["probs"], expected)
-        out = module.outputs[0]
-        assert y["probs:int"].dtype == np.dtype(out["int_dtype"])
-        np.testing.assert_array_equal(dequantize(y["probs:int"], out["scale"], out["zero_point"]), expected)
+        assert y[out["int_name"]].dtype == np.dtype(out["int_dtype"])
+        np.testing.assert_array_equal(dequantize(y[out["int_name"]], out["scale"], out["zero_point"]), expected)
 
 
 def test_inspect_lists_the_nodes(work, artifact):
@@ -289,9 +305,32 @@ def test_help_lists_the_commands(results):
         assert command in done.stdout
 
 
+def test_compile_help_shows_every_option_and_its_default(results):
+    """Not on a terminal, help is not cut at 80 columns; config options show their defaults; no aliases."""
+    done = results["compile_help"]
+    assert done.returncode == 0, done.stderr
+    for option in ("--calibration-method", "--activation-type", "--input-shape", "--target-option", "--softmax",
+                   "--gelu", "--bits", "--attn-bits", "--reparam", "--config"):
+        assert option in done.stdout, option
+    for default in ("[default: table]", "[default: w8a8]", "[default: minmax]", "[default: x86]"):
+        assert default in done.stdout, default
+    assert "--calibration_method" not in done.stdout and "--activation_type" not in done.stdout
+    assert "…" not in done.stdout
+
+
+def test_version(results):
+    done = results["version"]
+    assert done.returncode == 0 and done.stdout.startswith("qc "), (done.stdout, done.stderr)
+
+
+def test_artifact_directory_is_not_private(artifact):
+    assert artifact.stat().st_mode & 0o055 == 0o055  # group and others may read and enter it (umask 022)
+
+
 def test_targets_lists_x86(results):
     done = results["targets"]
     assert done.returncode == 0, done.stderr
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 3}
     assert {"x86", "aarch64", "cortex-m4", "cuda"} <= set(rows)
     assert "avx512-vnni" in rows["x86"] or "None" in rows["x86"]
+    assert "…" not in done.stdout

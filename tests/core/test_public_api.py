@@ -30,6 +30,7 @@ TARGETS_API = [
     "Target",
     "TensorSpec",
     "available_targets",
+    "check_target_name",
     "get_target",
     "set_num_threads",
 ]

@@ -106,6 +106,23 @@ def test_staged_mode_accepts_a_qdq_island_but_final_mode_rejects_it():
     assert any(p.startswith("op outside qc's integer op set: float_conv") for p in problems)
 
 
+def test_staged_mode_rejects_a_float_that_does_not_come_from_the_island():
+    """A float graph input used inside the region without a boundary QuantizeLinear is not an island value."""
+    bypass = """
+    xq = QuantizeLinear (x, s, zp)
+    xf = DequantizeLinear (xq, s, zp)
+    mixed = Add (xf, x)
+    yq = QuantizeLinear (mixed, s, zp)
+    y = DequantizeLinear (yq, s, zp)
+    """
+    problems = integer_region_problems(model(bypass, ["quant", "inner_dq", "mixed_add", "inner_q", "dequant"]),
+                                       staged=True)
+    assert node_named(problems, "mixed_add") == ["float tensor 'xf' at mixed_add (Add) (xf, x) -> (mixed)",
+                                                 "float tensor 'x' at mixed_add (Add) (xf, x) -> (mixed)",
+                                                 "float tensor 'mixed' at mixed_add (Add) (xf, x) -> (mixed)"]
+    assert len(problems) == 3
+
+
 def test_staged_mode_skips_nodes_before_any_boundary_quantize():
     float_model = model(FLOAT_MODEL, ["conv", "relu"])
     assert integer_region_problems(float_model, staged=True) == []
