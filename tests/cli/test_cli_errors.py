@@ -27,7 +27,7 @@ from tests.e2e.zoo import build_tiny_cnn
 SHAPE = ("--input-shape", "input=1,1,16,16")
 #: the initializer of the tiny CNN that the NaN-weights case breaks.
 NAN_INITIALIZER = "depthwise.weight"
-ARTIFACT_FILES = ["manifest.json", "model.int.onnx", "model.qdq.onnx", "model.so", "report.json"]
+ARTIFACT_FILES = ["manifest.json", "model.int.onnx", "model.qdq.onnx", "model.so", "report.html", "report.json"]
 
 
 @dataclass(frozen=True)

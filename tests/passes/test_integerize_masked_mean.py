@@ -7,6 +7,7 @@ import pytest
 from integer_inputs_testkit import codes, masks, qdq_with
 from passes_testkit import assert_no_match, copy, model, op_types, weights
 
+from qcompiler.errors import QcError
 from qcompiler.passes.integerize_masked_mean import IntegerizeMaskedMeanPass, multiplier_table
 from qcompiler.quant_plan import activation_points, masked_mean, unsupported_nodes
 from qcompiler.verify import integer_region_problems
@@ -79,6 +80,6 @@ def test_multiplier_table_shares_one_shift():
 def test_no_match(build):
     try:
         m = build()
-    except Exception:  # the plan refuses unrecognized forms before quantization: nothing for this pass to do
-        pytest.skip("not quantizable")
+    except QcError:  # the plan refuses unrecognized forms before quantization: they never reach this pass
+        return
     assert_no_match(IntegerizeMaskedMeanPass(), m)
