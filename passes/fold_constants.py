@@ -93,8 +93,7 @@ def _constant_outputs(node: ir.Node, opset: int | None) -> list[np.ndarray] | No
         return None
     if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
         return None
-    if node.op_type in ("Shape", "Size") and _static_dims(node.inputs[0]) is not None:
-        dims = _static_dims(node.inputs[0])
+    if node.op_type in ("Shape", "Size") and (dims := _static_dims(node.inputs[0])) is not None:
         if node.op_type == "Size":
             return [np.array(int(np.prod(dims)), np.int64)]
         start, end = attr(node, "start", 0), attr(node, "end", None)

@@ -27,9 +27,9 @@ from qcompiler.errors import QcError, QcWarning
 
 #: columns of help and tables when the output is not a terminal (rich would cut them at 80).
 _PIPE_WIDTH = 160
-if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
-    typer.rich_utils.MAX_WIDTH = _PIPE_WIDTH
 _width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH
+if _width is not None:
+    typer.rich_utils.MAX_WIDTH = _width
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="qc: quantize float ONNX models into integer-only code.")
 console = Console(stderr=True, width=_width)
@@ -117,7 +117,8 @@ def compile(
     flash_limit: Annotated[str | None, typer.Option("--flash-limit", help="MCU targets: max flash (bytes, 2M)")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help=".npz with inputs and 'labels' for accuracy")] = None,
     bits: Annotated[str | None, typer.Option(
-        help="weight and activation widths wXaY, e.g. w8a8, w4a4 \\[default: w8a8]")] = None,
+        help=f"weight and activation widths wXaY, e.g. w8a8, w4a4 \\[default: w{_DEFAULTS.weight_bits}"
+             f"a{_DEFAULTS.activation_bits}]")] = None,
     attn_bits: Annotated[int | None, typer.Option(
         "--attn-bits", help=_with_default("post-Softmax width (codes for log2)", "attention_bits"))] = None,
     softmax: Annotated[str | None, typer.Option(

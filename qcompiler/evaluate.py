@@ -10,7 +10,17 @@ import onnxruntime
 
 from qcompiler.errors import CalibrationError
 
-__all__ = ["evaluate_accuracy", "batches"]
+__all__ = ["evaluate_accuracy", "evaluation_arrays", "batches"]
+
+
+def evaluation_arrays(data: str | Path | dict, names: list[str]) -> dict[str, np.ndarray]:
+    """The arrays of ``data`` (an ``.npz`` path or a dict, first axis = samples); refuses data lacking any of
+    the input ``names``."""
+    arrays = dict(np.load(data)) if not isinstance(data, dict) else dict(data)
+    missing = sorted(set(names) - set(arrays))
+    if missing:
+        raise CalibrationError(f"evaluation data lacks input(s) {missing}; keys: {sorted(arrays)}")
+    return arrays
 
 
 def batches(arrays: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
@@ -25,16 +35,13 @@ def evaluate_accuracy(artifact, data: str | Path | dict, progress: Callable[[str
     ``data`` holds the model's inputs (first axis = samples) and integer ``labels``. The first model output is
     the class scores (argmax over axis 1).
     """
-    arrays = dict(np.load(data)) if not isinstance(data, dict) else dict(data)
-    if "labels" not in arrays:
-        raise CalibrationError(f"evaluation data {data} has no 'labels' array; keys: {sorted(arrays)}")
-    labels = arrays.pop("labels")
     module = artifact.module()
     inputs = module.inputs
     batch = inputs[0]["shape"][0]
-    missing = [e["name"] for e in inputs if e["name"] not in arrays]
-    if missing:
-        raise CalibrationError(f"evaluation data lacks input(s) {missing}; keys: {sorted(arrays)}")
+    arrays = evaluation_arrays(data, [e["name"] for e in inputs])
+    if "labels" not in arrays:
+        raise CalibrationError(f"evaluation data {data} has no 'labels' array; keys: {sorted(arrays)}")
+    labels = arrays.pop("labels")
     session = onnxruntime.InferenceSession(artifact.quantized.float_model.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
     output = module.outputs[0]["name"]

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime
 
 from qcompiler.errors import CalibrationError
-from qcompiler.evaluate import batches
+from qcompiler.evaluate import batches, evaluation_arrays
 from qcompiler.passes._qdq import BITS_KEY
 from qcompiler.qmath import code_range, dequantize
 
@@ -101,11 +101,8 @@ def _session(model: onnx.ModelProto, names: list[str]) -> onnxruntime.InferenceS
 
 def _feeds(float_model: onnx.ModelProto, data: str | Path | dict, samples: int) -> list[dict[str, np.ndarray]]:
     """Batches of the first ``samples`` samples (whole batches of the model's static batch size)."""
-    arrays = dict(np.load(data)) if not isinstance(data, dict) else dict(data)
     inputs = {i.name: i.type.tensor_type for i in float_model.graph.input}
-    missing = sorted(set(inputs) - set(arrays))
-    if missing:
-        raise CalibrationError(f"evaluation data lacks input(s) {missing}; keys: {sorted(arrays)}")
+    arrays = evaluation_arrays(data, list(inputs))
     batch = next(iter(inputs.values())).shape.dim[0].dim_value
     typed = {name: np.asarray(arrays[name], onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
              if t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) else arrays[name]
@@ -116,11 +113,9 @@ def _feeds(float_model: onnx.ModelProto, data: str | Path | dict, samples: int) 
     return chunks
 
 
-def _weight_range(model: onnx.ModelProto, node: onnx.NodeProto) -> list[float] | None:
+def _weight_range(initializers: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> list[float] | None:
     """``[min, max]`` of the constant second input of a Conv/MatMul ``node``, else None."""
-    if node.op_type not in _WEIGHTED_OPS:
-        return None
-    weight = next((t for t in model.graph.initializer if t.name == node.input[1]), None)
+    weight = initializers.get(node.input[1]) if node.op_type in _WEIGHTED_OPS else None
     if weight is None:
         return None
     array = onnx.numpy_helper.to_array(weight)
@@ -179,7 +174,8 @@ def layer_errors(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_m
             error = x - dequantize(ints[p.int_tensor], p.scale, p.zero_point).astype(np.float64)
             sums[i] += (np.sum(x * x), np.sum(error * error))
             lows[i], highs[i] = min(lows[i], x.min()), max(highs[i], x.max())
-    rows = [_row(p, *sums[i], float(lows[i]), float(highs[i]), _weight_range(float_model, p.owner))
+    initializers = {t.name: t for t in float_model.graph.initializer}
+    rows = [_row(p, *sums[i], float(lows[i]), float(highs[i]), _weight_range(initializers, p.owner))
             for i, p in enumerate(points)]
     rows.sort(key=lambda r: (-_badness(r), r["order"]))
     return {"samples": sum(len(next(iter(f.values()))) for f in feeds), "layers": rows}

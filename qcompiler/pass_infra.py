@@ -76,6 +76,10 @@ class Pipeline(QcPass):
         """The name given at construction."""
         return self._name
 
+    def __call__(self, model: ir.Model) -> PassResult:
+        """Run the pipeline without a run of the instruments of its own: each of its passes ran them."""
+        return InPlacePass.__call__(self, model)
+
     def call(self, model: ir.Model) -> PassResult:
         """Run every pass (each runs the active instruments); report whether any pass modified the model."""
         modified = False

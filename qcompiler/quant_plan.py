@@ -197,7 +197,6 @@ def _absorbs(producer: ir.Node, consumer: ir.Node, value: ir.Value) -> bool:
     return False
 
 
-
 def _absorbed(value: ir.Value) -> bool:
     producer = value.producer()
     users = value.consumers()

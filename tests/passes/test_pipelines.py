@@ -22,7 +22,9 @@ from passes_testkit import (
 
 from qcompiler.errors import PassFailure
 from qcompiler.intops import is_integer_op
-from qcompiler.pass_infra import active_instruments
+from qcompiler.pass_infra import Pipeline, active_instruments, instrumented
+from qcompiler.passes.remove_identity_ops import RemoveIdentityOpsPass
+from qcompiler.passes.remove_unused import RemoveUnusedPass
 from qcompiler.pipelines import integerize_pipeline, normalize_pipeline, quantize_pipeline
 from qcompiler.verify import IntegerRegionError, integer_region_problems
 
@@ -77,6 +79,16 @@ def test_verifier_is_installed_for_every_test():
     with pytest.raises(IntegerRegionError, match=r"op outside qc's integer op set: argmax \(ArgMax\)"):
         for instrument in active_instruments():
             instrument("AnyPass", bad)
+
+
+@pytest.mark.no_verify
+def test_instruments_run_once_after_every_pass_alone_or_in_a_pipeline():
+    m = model("g (float[2,8] x) => (float[2,8] y) { [copy] y = Identity (x) }")
+    seen = []
+    with instrumented(lambda name, _: seen.append(name)):
+        RemoveUnusedPass()(m)
+        Pipeline([RemoveIdentityOpsPass(), Pipeline([RemoveUnusedPass()], name="inner")], name="outer")(m)
+    assert seen == ["RemoveUnusedPass", "RemoveIdentityOpsPass", "RemoveUnusedPass"]
 
 
 @pytest.mark.no_verify
