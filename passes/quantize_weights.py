@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx_ir as ir
 
@@ -19,12 +21,16 @@ class QuantizeWeightsPass(QcPass):
     symmetric over ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (``[-127, 127]`` at 8 bits), stored as int8. A bias (Conv input 2, or the constant of the Add after a MatMul) becomes int32
     with scale ``s_x * s_w[c]`` and zero point 0; a channel whose bias would not fit in 2**30 at that scale gets
     a wider weight scale instead. Requires the activation input to be dequantized already (run after
-    :class:`InsertQDQPass`).
+    :class:`InsertQDQPass`). ``layer_bits`` (node name -> width) overrides ``bits`` for the layers it names.
+    With ``per_channel=False`` every channel of a weight gets the scale of its largest magnitude (per-tensor;
+    a channel widened for its bias keeps its own scale).
     """
 
-    def __init__(self, bits: int = 8):
+    def __init__(self, bits: int = 8, layer_bits: Mapping[str, int] | None = None, per_channel: bool = True):
         super().__init__()
         self.bits = bits
+        self.layer_bits = dict(layer_bits or {})
+        self.per_channel = per_channel
 
     def call(self, model: ir.Model) -> PassResult:
         """Quantize every Conv/MatMul with a float constant weight."""
@@ -50,7 +56,9 @@ class QuantizeWeightsPass(QcPass):
             raise ValueError(f"input of {node_text(node)} is not quantized; run InsertQDQPass first")
         weight = const_array(node.inputs[1]).astype(np.float64)
         other_axes = tuple(i for i in range(weight.ndim) if i != weight_axis)
-        scale = symmetric_qparams(np.max(np.abs(weight), axis=other_axes), self.bits)
+        bits = self.layer_bits.get(node.name, self.bits)
+        peak = np.max(np.abs(weight), axis=other_axes)
+        scale = symmetric_qparams(peak if self.per_channel else np.full_like(peak, peak.max()), bits)
         bias_value = const_array(bias_user[0].inputs[bias_user[1]]) if bias_user is not None else None
         if bias_value is not None:
             # A channel whose weights nearly vanish (dead after BatchNorm folding) but whose bias does not
@@ -59,7 +67,7 @@ class QuantizeWeightsPass(QcPass):
         scale = scale.astype(np.float32)
         shape = [1] * weight.ndim
         shape[weight_axis] = -1
-        qmax = 2 ** (self.bits - 1) - 1
+        qmax = 2 ** (bits - 1) - 1
         q_weight = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
         node.replace_input_with(1, _dequantize(graph, node, q_weight, scale, weight_axis, "weight"))
         if bias_value is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx_ir as ir
 
@@ -37,10 +39,11 @@ class ReparameterizeLayerNormPass(QcPass):
     the same function (up to float rounding), and quantizing ``x~`` per tensor with ``(s~, z~)`` gives exactly
     the per-channel codes of ``x``; the driver re-calibrates ``x~`` per tensor afterwards.
     Only LayerNorms accepted by :func:`reparameterizable` with a range for their output are rewritten.
+    ``bits`` is the code width of ``x~``: one for all, or per LayerNorm output name.
     """
 
     def __init__(self, channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]], dtype: str = "uint8",
-                 bits: int = 8):
+                 bits: int | Mapping[str, int] = 8):
         super().__init__()
         self.channel_ranges = channel_ranges
         self.dtype = dtype
@@ -51,7 +54,7 @@ class ReparameterizeLayerNormPass(QcPass):
         graph = model.graph
         modified = False
         for node in [n for n in graph if reparameterizable(n) and n.outputs[0].name in self.channel_ranges]:
-            r1, shift = self._factors(*self.channel_ranges[node.outputs[0].name])
+            r1, shift = self._factors(*self.channel_ranges[node.outputs[0].name], self._width(node.outputs[0].name))
             gamma = const_array(node.inputs[1]).astype(np.float64)
             beta = const_array(node.inputs[2]).astype(np.float64)
             node.replace_input_with(1, constant(graph, (gamma / r1).astype(np.float32), f"{node.name}_gamma"))
@@ -61,9 +64,12 @@ class ReparameterizeLayerNormPass(QcPass):
             modified = True
         return PassResult(model, modified)
 
-    def _factors(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``r1`` and the added offset ``s~ * r2`` per channel."""
-        params = [affine_qparams(lo, hi, self.dtype, self.bits) for lo, hi in zip(low, high, strict=True)]
+    def _width(self, name: str) -> int:
+        return self.bits if isinstance(self.bits, int) else self.bits[name]
+
+    def _factors(self, low: np.ndarray, high: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """``r1`` and the added offset ``s~ * r2`` per channel, for codes of ``bits`` bits."""
+        params = [affine_qparams(lo, hi, self.dtype, bits) for lo, hi in zip(low, high, strict=True)]
         scales = np.array([s for s, _ in params], np.float64)
         zeros = np.array([z for _, z in params], np.float64)
         mean_scale, mean_zero = scales.mean(), np.round(zeros.mean())

@@ -6,6 +6,7 @@ Public API (stable within a major version; everything else is private)::
     art.save("out/")
     m = qcompiler.load("out/")
     y = m.run({"input": x})
+    result = qcompiler.search("model.onnx", "calib.npz", "eval.npz", budget=0.6, output="search/")
 """
 
 import logging
@@ -34,6 +35,7 @@ __all__ = [
     "UnsupportedOpsError",
     "compile",
     "load",
+    "search",
 ]
 __version__ = "0.1.0"
 
@@ -51,4 +53,8 @@ def __getattr__(name: str):
         import qcompiler.api
 
         return getattr(qcompiler.api, name)
+    if name == "search":
+        from qcompiler.autotune.search import search
+
+        return search
     raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")

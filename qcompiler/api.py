@@ -17,7 +17,7 @@ import onnxruntime
 
 from qcompiler.artifact import FORMAT, MANIFEST, atomic_directory, check_hashes, file_hashes, read_manifest
 from qcompiler.config import CompileConfig
-from qcompiler.driver import Progress, QuantizedModel, quantize_model, weight_bytes
+from qcompiler.driver import Progress, QuantizedModel, packed_weight_bytes, quantize_model, weight_bytes
 from qcompiler.errors import QcError
 from qcompiler.model_io import boundary, integer_region, is_integer_entry, require_model_file
 from qcompiler.qmath import dequantize, quantize
@@ -110,9 +110,11 @@ def compile(model, target: str | None = None, calibration=None, config: CompileC
     step = (lambda name: progress("compile", 0, -1)) if progress else None
     library_info = chosen.compile(quantized.region(), build_dir, step)
     quantized.timings["compile"] = time.perf_counter() - start
-    report = build_report(quantized.float_model, quantized.qdq_model, quantized.int_model, quantized.ranges)
+    report = build_report(quantized.float_model, quantized.qdq_model, quantized.int_model, quantized.ranges,
+                          quantized.layer_bits)
     report.update({
-        "weight_bytes": {"float": weight_bytes(quantized.float_model), "integer": weight_bytes(quantized.int_model)},
+        "weight_bytes": {"float": weight_bytes(quantized.float_model), "integer": weight_bytes(quantized.int_model),
+                         "packed": packed_weight_bytes(quantized)},
         "timings": quantized.timings,
         "calibration": {"method": config.calibration_method},
     })

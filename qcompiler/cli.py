@@ -1,4 +1,4 @@
-"""The ``qc`` command line: compile, run, inspect, targets.
+"""The ``qc`` command line: compile, search, run, inspect, targets.
 
 Every :class:`~qcompiler.errors.QcError` is printed as one message and exits with status 2; nothing is
 written on failure.
@@ -160,13 +160,7 @@ def compile(
     import qcompiler
 
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=None if total < 0 else total)
-            bar.update(tasks[stage], completed=done, total=None if total < 0 else total)
-
+        report = _bar_reporter(bar)
         artifact = qcompiler.compile(model, calibration=calib, config=settings, progress=report)
         if eval_data is not None:
             from qcompiler.evaluate import evaluate_accuracy
@@ -202,6 +196,9 @@ def _print_summary(report: dict, output: Path) -> None:
     sizes = report["weight_bytes"]
     out.print(f"weights: {sizes['float']:,} bytes float -> {sizes['integer']:,} bytes integer "
               f"({sizes['float'] / max(sizes['integer'], 1):.2f}x smaller)")
+    if sizes.get("packed", sizes["integer"]) < sizes["integer"]:
+        out.print(f"         {sizes['packed']:,} bytes with sub-8-bit weights packed "
+                  f"({sizes['float'] / max(sizes['packed'], 1):.2f}x smaller)")
     memory = report.get("memory")
     if memory:
         out.print("memory: " + ", ".join(f"{k.removesuffix('_bytes')} {v:,} B" for k, v in memory.items()))
@@ -211,6 +208,84 @@ def _print_summary(report: dict, output: Path) -> None:
     if accuracy:
         out.print(f"accuracy on {accuracy['samples']} samples: float {accuracy['float']:.4f}, "
                   f"integer {accuracy['integer']:.4f} (delta {accuracy['integer'] - accuracy['float']:+.4f})")
+
+
+@app.command()
+def search(
+    model: Annotated[Path, typer.Argument(help="float ONNX model")],
+    calib: Annotated[Path, typer.Option("--calib", "--calibration", help=".npz keyed by input name")],
+    eval_data: Annotated[Path, typer.Option("--eval", help=".npz with inputs (and optional 'labels') that score "
+                                            "candidates")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="search directory (resumed if it holds the "
+                                         "same search)")] = Path("search"),
+    target: Annotated[str, typer.Option(help="target the chosen config is for")] = "x86",
+    objective: Annotated[str, typer.Option(help="size (weight bytes) | bops")] = "size",
+    budget: Annotated[float, typer.Option(help="cost limit as a fraction of the base config's")] = 0.6,
+    method: Annotated[str, typer.Option(help="ilp | random")] = "ilp",
+    trials: Annotated[int, typer.Option(help="random: configs to measure")] = 20,
+    widths: Annotated[str, typer.Option(help="weight widths to choose from, e.g. 4,8 or 2,4,6,8")] = "4,8",
+    sensitivity: Annotated[str, typer.Option(help="ilp: measured (one candidate per layer and width) | proxy "
+                                             "(no candidate)")] = "measured",
+    samples: Annotated[int, typer.Option(help="evaluation samples that score a candidate")] = 256,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    config: Annotated[Path | None, typer.Option(help="base JSON config (recipe and default widths)")] = None,
+) -> None:
+    """Choose per-layer weight widths of MODEL under a budget; writes the trials, the Pareto front and
+    chosen.json for `qc compile --config`."""
+    from qcompiler.model_io import require_model_file
+    from qcompiler.targets import check_target_name
+
+    require_model_file(model)
+    check_target_name(target)
+    for name, path in (("--calib", calib), ("--eval", eval_data)):
+        if not path.is_file():
+            raise QcError(f"{name} file '{path}' does not exist or is not a file")
+    try:
+        chosen_widths = tuple(int(w) for w in widths.split(","))
+    except ValueError:
+        raise QcError(f"--widths {widths!r}: expected comma-separated integers, e.g. 4,8") from None
+    import qcompiler
+
+    with _progress() as bar:
+        result = qcompiler.search(model, calib, eval_data, target=target, objective=objective, budget=budget,
+                                  method=method, trials=trials, widths=chosen_widths, sensitivity=sensitivity,
+                                  samples=samples, output=output, seed=seed,
+                                  base=CompileConfig.load(config) if config else None, progress=_bar_reporter(bar))
+    table = Table(title=f"qc search -> {output}: Pareto front of {len(result.trials)} trials "
+                        f"({result.metric_kind}; float model {result.float_metric:.4f})")
+    for column in ("trial", "cost", result.metric_kind, "rel. L2", "bytes (packed)", "widths"):
+        table.add_column(column, justify="left" if column in ("trial", "widths") else "right")
+    shown = {t["key"]: t for t in [*result.pareto, result.chosen]}.values()  # the front and the chosen point
+    for trial in sorted(shown, key=lambda t: t["cost"]):
+        mark = " (chosen)" if trial["key"] == result.chosen["key"] else ""
+        table.add_row(trial["kind"] + mark, f"{trial['cost']:.3f}", f"{trial['score']['metric']:.4f}",
+                      f"{trial['score']['rel_l2']:.3g}", f"{trial['score']['weight_bytes']:,}", _width_counts(trial))
+    out.print(table)
+    out.print(f"chosen: {output / 'chosen.json'} -> qc compile {model} --calib {calib} --config "
+              f"{output / 'chosen.json'} -o out/")
+
+
+def _width_counts(trial: dict) -> str:
+    """``4b x12, 8b x3``: how many layers got each weight width."""
+    import collections
+
+    layers = trial["config"]["layers"]
+    if not layers:
+        return f"all {trial['config']['weight_bits']}b"
+    counts = collections.Counter(entry["weight_bits"] for entry in layers.values())
+    return ", ".join(f"{w}b x{n}" for w, n in sorted(counts.items()))
+
+
+def _bar_reporter(bar: Progress):
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage (``total < 0``: unknown)."""
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=None if total < 0 else total)
+        bar.update(tasks[stage], completed=done, total=None if total < 0 else total)
+
+    return report
 
 
 @app.command()
@@ -271,14 +346,15 @@ def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")]
             params = "integer input" if e["scale"] is None else f"scale={e['scale']:.6g} zp={e['zero_point']}"
             out.print(f"{side[:-1]} {e['name']}: {e['int_dtype']}{e['shape']} {params}")
     table = Table()
-    for column in ("node", "op", "integer form", "output scale", "zp", "range"):
+    for column in ("node", "op", "bits", "integer form", "output scale", "zp", "range"):
         table.add_column(column)
     for node in report["nodes"]:
         form = " ".join(node["integer_ops"]) or (f"fused into {node['fused_into']}" if node.get("fused_into") else "-")
         q = node.get("output", {})
         rng = q.get("range")
-        table.add_row(node["name"], node["op_type"], form, f"{q['scale']:.4g}" if q else "", str(q.get("zero_point", "")),
-                      f"[{rng[0]:.3g}, {rng[1]:.3g}]" if rng else "")
+        bits = f"w{node['bits']['weight']}a{node['bits']['activation']}" if "bits" in node else ""
+        table.add_row(node["name"], node["op_type"], bits, form, f"{q['scale']:.4g}" if q else "",
+                      str(q.get("zero_point", "")), f"[{rng[0]:.3g}, {rng[1]:.3g}]" if rng else "")
     out.print(table)
     if report.get("blocks"):
         out.print(_blocks_table(report["blocks"]))

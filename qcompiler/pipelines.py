@@ -72,12 +72,14 @@ def normalize_pipeline(input_shapes: dict[str, tuple[int, ...]]) -> Pipeline:
     )
 
 
-def quantize_pipeline(params: dict[str, QParams], weight_bits: int = 8) -> Pipeline:
-    """Canonical float model + activation parameters -> QDQ model (fake-quantized, runnable in onnxruntime)."""
+def quantize_pipeline(params: dict[str, QParams], weight_bits: int = 8,
+                      layer_weight_bits: Mapping[str, int] | None = None, per_channel: bool = True) -> Pipeline:
+    """Canonical float model + activation parameters -> QDQ model (fake-quantized, runnable in onnxruntime);
+    ``layer_weight_bits`` (node name -> width) overrides ``weight_bits`` per layer."""
     return Pipeline(
         [
             InsertQDQPass(params),  # Q/DQ on every activation point
-            QuantizeWeightsPass(weight_bits),  # int8 per-channel weights, int32 biases (needs the input DQ)
+            QuantizeWeightsPass(weight_bits, layer_weight_bits, per_channel),  # int8 weights, int32 biases (after Q/DQ)
             RemoveUnusedPass(),  # the float weights
         ],
         name="quantize",

@@ -21,6 +21,7 @@ integer tensors has one activation point, the Div output: its float interior is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,9 @@ __all__ = [
     "QParams",
     "activation_points",
     "calibration_points",
+    "linear_layers",
+    "linear_readers",
+    "input_groups",
     "assign_qparams",
     "unsupported_nodes",
 ]
@@ -230,19 +234,22 @@ def calibration_points(graph: ir.Graph) -> list[ir.Value]:
 
 
 def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtype: str, bits: int = 8,
-                   attention_bits: int = 8) -> dict[str, QParams]:
+                   attention_bits: int = 8, layer_bits: Mapping[str, int] | None = None) -> dict[str, QParams]:
     """Parameters of every activation point from calibrated ``ranges`` (keyed by value name).
 
     Pass-through outputs inherit their input's parameters. Softmax outputs are fixed: probabilities on
     [0, 1] in 255 uint8 steps, or ``2**attention_bits - 1`` steps when they feed an attention MatMul.
-    Activations that only feed MatMul/Conv (the inputs of linear layers and of Q·Kᵀ, A·V) are ``bits`` wide;
-    the others (graph inputs and outputs, the residual stream, LayerNorm and Softmax inputs) stay 8-bit, the
+    Activations that only feed MatMul/Conv (the inputs of linear layers and of Q·Kᵀ, A·V) are ``bits`` wide,
+    or, for a layer named in ``layer_bits`` (node name -> width of its input), that width; a value read by
+    several linear layers gets the widest of their widths (so layers sharing an input share its width). The
+    others (graph inputs and outputs, the residual stream, LayerNorm and Softmax inputs) stay 8-bit, the
     convention of RepQ-ViT's and FQ-ViT's low-bit settings.
     """
     params: dict[str, QParams] = {}
     for value in activation_points(graph):
         producer = value.producer()
-        width = bits if producer is not None and _feeds_only_linear(value) else 8
+        readers = linear_readers(value) if producer is not None else None
+        width = max((layer_bits or {}).get(r.name, bits) for r in readers) if readers else 8
         if producer is not None and passes_through(producer):
             params[value.name] = params[producer.inputs[0].name]
         elif producer is not None and producer.op_type == "Softmax":
@@ -255,18 +262,47 @@ def assign_qparams(graph: ir.Graph, ranges: dict[str, tuple[float, float]], dtyp
     return params
 
 
-def _feeds_only_linear(value: ir.Value) -> bool:
-    """Whether every use of ``value``, looking through pass-through ops, is an input of a MatMul or Conv."""
+def linear_readers(value: ir.Value) -> list[ir.Node] | None:
+    """The MatMul/Conv nodes reading ``value`` (looking through pass-through ops), or None when some use is
+    not a linear-layer input (or ``value`` is a graph output or unused)."""
     users = value.consumers()
     if not users or value.is_graph_output():
-        return False
+        return None
+    readers: list[ir.Node] = []
     for user in users:
         if passes_through(user) and user.inputs[0] is value:
-            if not _feeds_only_linear(user.outputs[0]):
-                return False
-        elif user.op_type not in ("MatMul", "Conv"):
-            return False
-    return True
+            inner = linear_readers(user.outputs[0])
+            if inner is None:
+                return None
+            readers += inner
+        elif user.op_type in ("MatMul", "Conv"):
+            readers.append(user)
+        else:
+            return None
+    return readers
+
+
+def linear_layers(graph: ir.Graph) -> list[ir.Node]:
+    """The Conv/MatMul nodes with a constant weight (the layers whose widths a config sets), in graph order."""
+    return [n for n in graph if n.op_type in ("Conv", "MatMul") and const_array(n.inputs[1]) is not None]
+
+
+def input_groups(graph: ir.Graph) -> list[list[str]]:
+    """Names of linear layers grouped by the activation they read (one group per quantized input, through
+    pass-through ops): the layers of a group share their input's width (:func:`assign_qparams`). A layer in
+    no group reads an 8-bit activation whatever its configured width (a graph input, or a value that also
+    feeds a non-linear op such as a residual Add)."""
+    layers = {n.name for n in linear_layers(graph)}
+    groups: dict[str, list[str]] = {}
+    for value in activation_points(graph):
+        producer = value.producer()
+        if producer is None or passes_through(producer):
+            continue
+        readers = linear_readers(value)
+        names = [r.name for r in readers or [] if r.name in layers]
+        if names:
+            groups[value.name] = list(dict.fromkeys(names))
+    return list(groups.values())
 
 
 def _feeds_matmul(value: ir.Value) -> bool:

@@ -33,8 +33,9 @@ def _qdq_params(qdq: onnx.ModelProto) -> dict[str, dict]:
 
 
 def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_model: onnx.ModelProto,
-                 ranges: dict[str, tuple[float, float]]) -> dict:
-    """Per float node: the integer ops it became (or the node it was fused into) and its output's qparams.
+                 ranges: dict[str, tuple[float, float]], layer_bits: dict[str, tuple[int, int]] | None = None) -> dict:
+    """Per float node: the integer ops it became (or the node it was fused into), its output's qparams and,
+    for a linear layer, its ``bits`` (weight and input widths from ``layer_bits``).
 
     Integer nodes are attributed to the float node whose name prefixes theirs (``<float name>/<op>_<i>``).
     """
@@ -56,6 +57,8 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_m
             entry["fused_into"] = _fused_owner(float_model, node, integer_ops)
         if node.name in methods:
             entry["integer_method"] = methods[node.name]
+        if layer_bits and node.name in layer_bits:
+            entry["bits"] = dict(zip(("weight", "activation"), layer_bits[node.name], strict=True))
         nodes.append(entry)
     inputs, outputs = boundary(int_model)
     return {"nodes": nodes, "inputs": inputs, "outputs": outputs, "blocks": _blocks(nodes)}

@@ -301,7 +301,7 @@ def test_inspect_json_prints_the_report(work, artifact):
 def test_help_lists_the_commands(results):
     done = results["help"]
     assert done.returncode == 0, done.stderr
-    for command in ("compile", "run", "inspect", "targets"):
+    for command in ("compile", "search", "run", "inspect", "targets"):
         assert command in done.stdout
 
 

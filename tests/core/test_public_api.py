@@ -22,6 +22,7 @@ QCOMPILER_API = [
     "UnsupportedOpsError",
     "compile",
     "load",
+    "search",
 ]
 TARGETS_API = [
     "CompiledModule",

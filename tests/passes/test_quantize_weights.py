@@ -146,3 +146,23 @@ def test_unnamed_nodes_get_unique_names():
     named = [n.name for n in m.graph if n.name]  # the model's own Convs are unnamed; qc's nodes are not
     assert len(set(named)) == len(named) == m.graph.num_nodes() - 3
     run(m, random_feeds(m))
+
+
+def test_layer_bits_narrow_only_the_named_layer():
+    m = model(CONV.replace("[relu] y = Relu (c)", "[fc] y = Conv <kernel_shape = [1,1]> (c, w2)")
+              .replace("float[1,4,4,4] y", "float[1,3,4,4] y"), **POOL, w2=weights(3, 4, 1, 1, seed=7))
+    InsertQDQPass({**PARAMS, "c": PARAMS["x"], "y": PARAMS["y"]})(m)
+    QuantizeWeightsPass(8, {"conv": 4})(m)
+    convs = {n.name: n for n in m.graph if n.op_type == "Conv"}
+    _, narrow, narrow_scale = dequantize_input(convs["conv"], 1)
+    _, wide, _ = dequantize_input(convs["fc"], 1)
+    assert np.abs(narrow).max() == 7 and np.abs(wide).max() == 127  # [-7, 7] at 4 bits, [-127, 127] at 8
+    np.testing.assert_allclose(narrow_scale, np.abs(POOL["w"]).max(axis=(1, 2, 3)) / 7, rtol=1e-6)
+
+
+def test_per_tensor_weights_share_one_scale():
+    m = with_qdq(MATMUL)
+    QuantizeWeightsPass(per_channel=False)(m)
+    _, q, scale = dequantize_input(only(m, "MatMul"), 1)
+    np.testing.assert_allclose(scale, np.full(4, np.abs(POOL["wm"]).max() / 127), rtol=1e-6)
+    assert np.abs(q).max() == 127 and scale.shape == (4,)  # still one entry per column, all equal

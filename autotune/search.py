@@ -1,0 +1,248 @@
+"""``qc search`` / ``qcompiler.search``: choose per-layer widths under a budget and show the trade-off.
+
+Every measured candidate is a **trial**, appended to ``trials.jsonl`` as soon as it is scored, so an
+interrupted search resumes where it stopped (trials are keyed by their config; the settings of the search
+must match, ``search.json``). At the end the directory holds::
+
+    search.json       settings, float metric, metric kind, sensitivity kind
+    sensitivity.json  per-layer sensitivities (ilp), with how they were obtained
+    trials.jsonl      every trial: config, score, cost as a fraction of the base config's
+    pareto.json       the trials no other trial beats on both metric and cost
+    pareto.png        metric vs cost, the Pareto front, the budget and the chosen point marked
+    chosen.json       the chosen config, ready for ``qc compile --config chosen.json``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qcompiler.autotune.candidates import CandidateEvaluator
+from qcompiler.autotune.mixed_precision import (
+    OBJECTIVES,
+    base_cost,
+    budget_limit,
+    ilp_config,
+    random_configs,
+    width_problem,
+)
+from qcompiler.autotune.sensitivity import (
+    SENSITIVITY_KINDS,
+    Sensitivity,
+    measure_sensitivity,
+    proxy_sensitivity,
+)
+from qcompiler.config import BIT_WIDTHS, CompileConfig
+from qcompiler.errors import QcError
+from qcompiler.targets import get_target
+
+__all__ = ["METHODS", "SearchResult", "search"]
+
+METHODS = ("ilp", "random")
+#: budget fractions of the ILP's trade-off sweep (the requested budget is added).
+SWEEP = (0.3, 0.4, 0.5, 0.7, 0.8, 0.9)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SearchResult:
+    """All trials, the Pareto front, and the chosen trial and config."""
+
+    trials: list[dict]
+    pareto: list[dict]
+    chosen: dict
+    config: CompileConfig
+    float_metric: float
+    metric_kind: str
+
+
+def search(model, calibration, evaluation, target: str = "x86", objective: str = "size", budget: float = 0.6,
+           method: str = "ilp", trials: int = 20, widths: tuple[int, ...] = (4, 8), sensitivity: str = "measured",
+           samples: int = 256, output: str | Path | None = None, base: CompileConfig | None = None, seed: int = 0,
+           progress: Progress | None = None) -> SearchResult:
+    """Search per-layer weight widths of ``model`` under ``budget`` (a fraction of the base config's cost).
+
+    ``calibration`` and ``evaluation`` are ``.npz`` paths or dicts keyed by input name (``evaluation`` may
+    hold ``labels``; ``samples`` caps how many evaluation samples score a candidate). ``method``: ``ilp``
+    (``sensitivity`` ``measured`` or ``proxy``) or ``random`` (``trials`` random configs within the budget).
+    ``output``: a directory for the trial log and results (resumed if it holds the same search).
+    """
+    _check_arguments(objective, budget, method, widths, sensitivity, trials)
+    base = (base or CompileConfig()).replace(target=target)
+    mantissa_bits = get_target(base.target, **base.target_options).requant_mantissa_bits
+    settings = {"objective": objective, "budget": budget, "method": method, "trials": trials,
+                "widths": sorted(widths), "sensitivity": sensitivity if method == "ilp" else None,
+                "samples": samples, "seed": seed, "base": base.to_json()}
+    log = _TrialLog(Path(output), settings) if output is not None else None
+    evaluator = CandidateEvaluator(model, calibration, evaluation, base, samples, mantissa_bits)
+    total = base_cost(objective, evaluator, base)
+    measured: list[dict] = []
+
+    def measure(config: CompileConfig, kind: str, facts: dict | None = None) -> dict:
+        trial = log.get(config) if log is not None else None
+        if trial is None:
+            score = evaluator.score(config)
+            cost = score.layer_bytes if objective == "size" else score.bops
+            trial = {"key": _key(config), "kind": kind, "config": config.to_json(), "score": score.to_json(),
+                     "cost": cost / total, **({"ilp": facts} if facts else {})}
+            if log is not None:
+                log.append(trial)
+        if all(t["key"] != trial["key"] for t in measured):  # two budgets can give one config
+            measured.append(trial)
+        if progress:
+            progress("search", len(measured), -1)
+        return trial
+
+    measure(base, "uniform")
+    for width in sorted(w for w in widths if w < base.weight_bits):
+        measure(base.replace(weight_bits=width), "uniform")
+    limit = budget_limit(objective, budget, evaluator, base)
+    if method == "ilp":
+        found = _sensitivity(evaluator, base, widths, sensitivity, log, progress)
+        problem = width_problem(evaluator, found, objective, base)
+        feasible = problem.extreme_cost(min) / total
+        for fraction in sorted({f for f in SWEEP if f >= feasible} - {budget}):
+            measure(*_ilp_trial(problem, budget_limit(objective, fraction, evaluator, base), base, fraction))
+        chosen = measure(*_ilp_trial(problem, limit, base, budget))
+    else:
+        candidates = [measure(c, "random") for c in random_configs(evaluator, objective, limit, base, widths, trials, seed)]
+        chosen = max(candidates, key=lambda t: (t["score"]["metric"], -t["score"]["rel_l2"]))
+    result = SearchResult(measured, _pareto(measured), chosen, CompileConfig.from_json(chosen["config"]),
+                          evaluator.float_metric, evaluator.metric_kind)
+    if log is not None:
+        log.finish(result, budget)
+    return result
+
+
+def _check_arguments(objective, budget, method, widths, sensitivity, trials) -> None:
+    problems = []
+    if objective not in OBJECTIVES:
+        problems.append(f"objective '{objective}' is not one of {', '.join(OBJECTIVES)} (latency tables are not "
+                        "measured yet: on x86 every width runs the same int8 kernels)")
+    if method not in METHODS:
+        problems.append(f"method '{method}' is not one of {', '.join(METHODS)}")
+    if not 0 < budget <= 1:
+        problems.append(f"budget {budget} must be a fraction in (0, 1] of the base config's cost")
+    if not widths or any(w not in BIT_WIDTHS for w in widths):
+        problems.append(f"widths {list(widths)} must be between {BIT_WIDTHS[0]} and {BIT_WIDTHS[-1]}")
+    if sensitivity not in SENSITIVITY_KINDS:
+        problems.append(f"sensitivity '{sensitivity}' is not one of {', '.join(SENSITIVITY_KINDS)}")
+    if trials < 1:
+        problems.append(f"trials {trials} must be at least 1")
+    if problems:
+        raise QcError("; ".join(problems))
+
+
+def _ilp_trial(problem, limit: float, base: CompileConfig, fraction: float) -> tuple[CompileConfig, str, dict]:
+    config, facts = ilp_config(problem, limit, base)
+    return config, "ilp", {**facts, "budget": fraction}
+
+
+def _sensitivity(evaluator, base, widths, kind, log, progress) -> Sensitivity:
+    cached = log.sensitivity() if log is not None else None
+    if cached is not None:
+        return cached
+    report = (lambda done, total: progress("sensitivity", done, total)) if progress else None
+    found = (measure_sensitivity(evaluator, base, tuple(widths), report) if kind == "measured"
+             else proxy_sensitivity(evaluator, base, tuple(widths)))
+    if log is not None:
+        log.save_sensitivity(found)
+    return found
+
+
+def _key(config: CompileConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pareto(trials: list[dict]) -> list[dict]:
+    """Trials not beaten by another on both metric (higher) and cost (lower), cheapest first."""
+    unique = {t["key"]: t for t in trials}.values()
+    front, best = [], -np.inf
+    for trial in sorted(unique, key=lambda t: (t["cost"], -t["score"]["metric"])):
+        if trial["score"]["metric"] > best:
+            front.append(trial)
+            best = trial["score"]["metric"]
+    return front
+
+
+class _TrialLog:
+    """The output directory of one search: an append-only trial log plus the final files."""
+
+    def __init__(self, directory: Path, settings: dict):
+        self.directory = directory
+        self.trials_path = directory / "trials.jsonl"
+        settings_path = directory / "search.json"
+        if settings_path.exists():
+            previous = json.loads(settings_path.read_text()).get("settings")
+            if previous != settings:
+                raise QcError(f"{directory} holds a search with other settings; use another -o directory "
+                              "(or delete it) to start a new one")
+        elif directory.exists() and any(directory.iterdir()):
+            raise QcError(f"{directory} exists and is not a qc search directory; choose another -o")
+        directory.mkdir(parents=True, exist_ok=True)
+        settings_path.write_text(json.dumps({"settings": settings}, indent=1))
+        self.settings = settings
+        self.known = {}
+        if self.trials_path.exists():
+            for line in self.trials_path.read_text().splitlines():
+                if line.strip():  # a line cut by an interruption is not valid JSON: measure it again
+                    try:
+                        trial = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    self.known[trial["key"]] = trial
+
+    def get(self, config: CompileConfig) -> dict | None:
+        return self.known.get(_key(config))
+
+    def append(self, trial: dict) -> None:
+        with self.trials_path.open("a") as stream:
+            stream.write(json.dumps(trial) + "\n")
+        self.known[trial["key"]] = trial
+
+    def sensitivity(self) -> Sensitivity | None:
+        path = self.directory / "sensitivity.json"
+        return Sensitivity.from_json(json.loads(path.read_text())) if path.exists() else None
+
+    def save_sensitivity(self, found: Sensitivity) -> None:
+        (self.directory / "sensitivity.json").write_text(json.dumps(found.to_json(), indent=1))
+
+    def finish(self, result: SearchResult, budget: float) -> None:
+        summary = {"settings": self.settings, "float_metric": result.float_metric, "metric": result.metric_kind,
+                   "chosen": result.chosen["key"]}
+        (self.directory / "search.json").write_text(json.dumps(summary, indent=1))
+        (self.directory / "pareto.json").write_text(json.dumps(result.pareto, indent=1))
+        (self.directory / "chosen.json").write_text(json.dumps(result.config.to_json(), indent=1))
+        _plot(result, budget, self.settings["objective"], self.directory / "pareto.png")
+
+
+def _plot(result: SearchResult, budget: float, objective: str, path: Path) -> None:
+    """Metric vs cost of every trial, the Pareto front, the budget and the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for kind, marker in (("uniform", "s"), ("ilp", "o"), ("random", ".")):
+        points = [t for t in result.trials if t["kind"] == kind]
+        if points:
+            axes.scatter([t["cost"] for t in points], [t["score"]["metric"] for t in points], marker=marker, label=kind)
+    axes.plot([t["cost"] for t in result.pareto], [t["score"]["metric"] for t in result.pareto], "k--", lw=1,
+              label="Pareto front")
+    axes.scatter([result.chosen["cost"]], [result.chosen["score"]["metric"]], marker="*", s=220, c="red",
+                 zorder=5, label="chosen")
+    axes.axvline(budget, color="grey", lw=1, ls=":", label=f"budget {budget:g}")
+    axes.axhline(result.float_metric, color="green", lw=1, ls=":", label="float model")
+    axes.set_xlabel(f"{'weight bytes' if objective == 'size' else 'BOPs'} of the linear layers (fraction of base)")
+    axes.set_ylabel(result.metric_kind)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
