@@ -14,6 +14,7 @@ samples) is recorded for every candidate.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from qcompiler.driver import (
 from qcompiler.errors import CalibrationError
 from qcompiler.evaluate import batches, evaluation_arrays
 from qcompiler.ir import const_array
+from qcompiler.qmath import packed_bytes
 from qcompiler.quant_plan import input_groups, linear_layers
 
 __all__ = ["Layer", "Score", "CandidateEvaluator"]
@@ -80,6 +82,7 @@ class CandidateEvaluator:
         self.calibration = calibration
         self.base = base or CompileConfig()
         self._calibrated: dict[tuple, CalibratedModel] = {}
+        self._scores: dict[str, Score] = {}
         reference = self.calibrated(self.base)
         graph = ir.serde.deserialize_model(reference.float_model).graph
         input_names = [v.name for v in graph.inputs]
@@ -109,14 +112,21 @@ class CandidateEvaluator:
         return self._calibrated[key]
 
     def score(self, config: CompileConfig) -> Score:
-        """Integerize ``config`` on the cached calibration and score its integer model."""
+        """Integerize ``config`` on the cached calibration and score its integer model (once per config:
+        a config asked for again, e.g. by two budgets of an ILP sweep, returns its first score)."""
+        key = json.dumps(config.to_json(), sort_keys=True)
+        if key not in self._scores:
+            self._scores[key] = self._measure(config)
+        return self._scores[key]
+
+    def _measure(self, config: CompileConfig) -> Score:
         start = time.perf_counter()
         quantized = integerize_model(self.calibrated(config), config, self.mantissa_bits)
         outputs = self._outputs(quantized.int_model)
         rel_l2 = float(np.linalg.norm(outputs - self.reference) / max(np.linalg.norm(self.reference), 1e-30))
         widths = quantized.layer_bits
         bops = sum(layer.macs * widths[layer.name][0] * widths[layer.name][1] for layer in self.layers)
-        layer_bytes = sum(-(-layer.weights * widths[layer.name][0] // 8) for layer in self.layers)
+        layer_bytes = sum(packed_bytes(layer.weights, widths[layer.name][0]) for layer in self.layers)
         return Score(self._metric(outputs), rel_l2, packed_weight_bytes(quantized), layer_bytes, int(bops),
                      time.perf_counter() - start)
 

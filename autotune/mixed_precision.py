@@ -21,6 +21,7 @@ from qcompiler.autotune.ilp import Option, WidthProblem, solve_widths
 from qcompiler.autotune.sensitivity import Sensitivity
 from qcompiler.config import CompileConfig
 from qcompiler.errors import QcError
+from qcompiler.qmath import packed_bytes
 
 __all__ = ["OBJECTIVES", "layer_cost", "width_problem", "widths_config", "budget_limit", "base_cost", "ilp_config",
            "random_configs"]
@@ -31,7 +32,7 @@ OBJECTIVES = ("size", "bops")
 def layer_cost(layer: Layer, objective: str, weight_bits: int, activation_bits: int) -> float:
     """The cost of ``layer`` at the given widths: packed weight bytes (``size``) or bit operations (``bops``)."""
     if objective == "size":
-        return float(-(-layer.weights * weight_bits // 8))
+        return float(packed_bytes(layer.weights, weight_bits))
     return float(layer.macs * weight_bits * activation_bits)
 
 

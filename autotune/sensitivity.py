@@ -27,7 +27,7 @@ from qcompiler.autotune.candidates import CandidateEvaluator
 from qcompiler.calibration import collect_samples
 from qcompiler.config import CompileConfig
 from qcompiler.ir import const_array
-from qcompiler.qmath import symmetric_qparams
+from qcompiler.qmath import weight_codes, weight_scales
 
 __all__ = ["SENSITIVITY_KINDS", "Sensitivity", "measure_sensitivity", "proxy_sensitivity"]
 
@@ -95,9 +95,9 @@ def proxy_sensitivity(evaluator: CandidateEvaluator, base: CompileConfig, widths
 
 
 def _rounding_error(weight: np.ndarray, axis: int, bits: int, per_channel: bool) -> np.ndarray:
-    """``Q(W) - W`` for symmetric ``bits``-bit weights (as ``QuantizeWeightsPass`` rounds them, biases aside)."""
-    other = tuple(i for i in range(weight.ndim) if i != axis)
-    peak = np.max(np.abs(weight), axis=other, keepdims=True)
-    scale = symmetric_qparams(peak if per_channel else np.full_like(peak, peak.max()), bits)
-    qmax = 2 ** (bits - 1) - 1
-    return np.clip(np.rint(weight / scale), -qmax, qmax) * scale - weight
+    """``Q(W) - W`` for symmetric ``bits``-bit weights, rounded as ``QuantizeWeightsPass`` rounds them (its
+    bias-driven widening of near-dead channels aside)."""
+    scale = weight_scales(weight, axis, bits, per_channel).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return weight_codes(weight, scale, axis, bits) * scale.reshape(shape).astype(np.float64) - weight

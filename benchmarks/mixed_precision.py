@@ -29,7 +29,7 @@ from examples.fashion_mnist.data import load_split
 from qcompiler.autotune.candidates import CandidateEvaluator
 from qcompiler.autotune.ilp import Option, WidthProblem, solve_widths
 from qcompiler.autotune.mixed_precision import budget_limit, ilp_config, random_configs, width_problem
-from qcompiler.autotune.sensitivity import measure_sensitivity, proxy_sensitivity
+from qcompiler.autotune.sensitivity import Sensitivity, measure_sensitivity, proxy_sensitivity
 from qcompiler.config import CompileConfig
 
 onnxruntime.set_default_logger_severity(3)
@@ -96,7 +96,7 @@ def run_model(name: str, budget: float) -> list[dict]:
 
 def _only(found, widths):
     """``found`` restricted to ``widths``."""
-    return type(found)(found.kind, {n: {w: v for w, v in row.items() if w in widths} for n, row in found.values.items()})
+    return Sensitivity(found.kind, {n: {w: v for w, v in row.items() if w in widths} for n, row in found.values.items()})
 
 
 def ilp_timing(layers: int = 200, repeats: int = 5) -> float:

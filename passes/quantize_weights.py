@@ -11,7 +11,7 @@ from qcompiler.errors import OverflowRiskError
 from qcompiler.ir import const_array, constant, fresh_name, matmul_bias, node_text
 from qcompiler.pass_infra import PassResult, QcPass
 from qcompiler.passes._qdq import dequantized
-from qcompiler.qmath import symmetric_qparams
+from qcompiler.qmath import weight_codes, weight_scales
 
 
 class QuantizeWeightsPass(QcPass):
@@ -55,20 +55,15 @@ class QuantizeWeightsPass(QcPass):
         if source is None:
             raise ValueError(f"input of {node_text(node)} is not quantized; run InsertQDQPass first")
         weight = const_array(node.inputs[1]).astype(np.float64)
-        other_axes = tuple(i for i in range(weight.ndim) if i != weight_axis)
         bits = self.layer_bits.get(node.name, self.bits)
-        peak = np.max(np.abs(weight), axis=other_axes)
-        scale = symmetric_qparams(peak if self.per_channel else np.full_like(peak, peak.max()), bits)
+        scale = weight_scales(weight, weight_axis, bits, self.per_channel)
         bias_value = const_array(bias_user[0].inputs[bias_user[1]]) if bias_user is not None else None
         if bias_value is not None:
             # A channel whose weights nearly vanish (dead after BatchNorm folding) but whose bias does not
             # would need a bias beyond int32: widen that channel's weight scale so |b_q| <= 2**30.
             scale = np.maximum(scale, np.abs(bias_value.astype(np.float64).reshape(-1)) / (source.s * 2.0**30))
         scale = scale.astype(np.float32)
-        shape = [1] * weight.ndim
-        shape[weight_axis] = -1
-        qmax = 2 ** (bits - 1) - 1
-        q_weight = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+        q_weight = weight_codes(weight, scale, weight_axis, bits)
         node.replace_input_with(1, _dequantize(graph, node, q_weight, scale, weight_axis, "weight"))
         if bias_value is None:
             return

@@ -9,6 +9,7 @@ Public API (stable within a major version; everything else is private)::
     result = qcompiler.search("model.onnx", "calib.npz", "eval.npz", budget=0.6, output="search/")
 """
 
+import importlib
 import logging
 
 from qcompiler.config import CompileConfig
@@ -44,17 +45,13 @@ __version__ = "0.1.0"
 for _library in ("onnxscript", "onnx_ir"):
     logging.getLogger(_library).addHandler(logging.NullHandler())
 
-_LAZY = {"Artifact", "Module", "compile", "load"}
+#: public names imported on first use, with their modules (TVM and onnxruntime load with them).
+_LAZY = {"Artifact": "qcompiler.api", "Module": "qcompiler.api", "compile": "qcompiler.api", "load": "qcompiler.api",
+         "search": "qcompiler.autotune.search"}
 
 
 def __getattr__(name: str):
     """Import the API (and with it TVM) only when it is first used: passes and tests need neither."""
     if name in _LAZY:
-        import qcompiler.api
-
-        return getattr(qcompiler.api, name)
-    if name == "search":
-        from qcompiler.autotune.search import search
-
-        return search
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")

@@ -21,6 +21,7 @@ from qcompiler.ir import const_array
 from qcompiler.model_io import integer_region, load_float_model, refuse_empty_values
 from qcompiler.passes.reparameterize_layer_norm import ReparameterizeLayerNormPass, reparameterizable
 from qcompiler.pipelines import integerize_pipeline, normalize_pipeline, quantize_pipeline
+from qcompiler.qmath import packed_bytes
 from qcompiler.quant_plan import (
     assign_qparams,
     calibration_points,
@@ -170,5 +171,5 @@ def weight_bytes(model: onnx.ModelProto) -> int:
 def packed_weight_bytes(quantized: QuantizedModel) -> int:
     """:func:`weight_bytes` of the integer model with each sub-8-bit layer weight counted packed,
     ``ceil(n * bits / 8)`` bytes for ``n`` weights (stored one per int8 in ``model.int.onnx``)."""
-    saved = sum(n - -(-n * quantized.layer_bits[name][0] // 8) for name, n in quantized.layer_weights.items())
+    saved = sum(n - packed_bytes(n, quantized.layer_bits[name][0]) for name, n in quantized.layer_weights.items())
     return weight_bytes(quantized.int_model) - saved

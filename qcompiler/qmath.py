@@ -22,6 +22,9 @@ __all__ = [
     "MAX_SHIFT",
     "affine_qparams",
     "symmetric_qparams",
+    "weight_scales",
+    "weight_codes",
+    "packed_bytes",
     "quantize",
     "dequantize",
     "dyadic",
@@ -82,6 +85,27 @@ def symmetric_qparams(absmax: np.ndarray | float, bits: int = 8) -> np.ndarray:
     absmax = np.asarray(absmax, dtype=np.float64)
     scale = absmax / (2 ** (bits - 1) - 1)
     return np.where(scale > 0, scale, 1.0)
+
+
+def weight_scales(weight: np.ndarray, axis: int, bits: int = 8, per_channel: bool = True) -> np.ndarray:
+    """Symmetric scale of each channel along ``axis`` of ``weight`` (float64); with ``per_channel=False``
+    every channel gets the scale of the tensor's largest magnitude."""
+    peak = np.max(np.abs(weight), axis=tuple(i for i in range(weight.ndim) if i != axis))
+    return symmetric_qparams(peak if per_channel else np.full_like(peak, peak.max()), bits)
+
+
+def weight_codes(weight: np.ndarray, scale: np.ndarray, axis: int, bits: int = 8) -> np.ndarray:
+    """``weight`` rounded to ``bits``-bit symmetric codes ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` with one
+    ``scale`` per channel along ``axis``, stored as int8."""
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    qmax = 2 ** (bits - 1) - 1
+    return np.clip(np.rint(weight / np.reshape(scale, shape)), -qmax, qmax).astype(np.int8)
+
+
+def packed_bytes(count: int, bits: int) -> int:
+    """Bytes of ``count`` codes of ``bits`` bits packed densely: ``ceil(count * bits / 8)``."""
+    return -(-count * bits // 8)
 
 
 def quantize(x: np.ndarray, scale, zero_point, dtype: str) -> np.ndarray:
