@@ -16,6 +16,7 @@ import tvm
 
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets._base import Progress
+from qcompiler.targets._float_free import check_float_free
 from qcompiler.targets._runtime import region_signature
 from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_module
 from qcompiler.targets.relax_lowering import lower
@@ -103,8 +104,9 @@ def build_relax_library(
     kernels: Mapping | None = None,
     **export_options: Any,
 ) -> dict[str, Any]:
-    """lower (with the target's ``kernels``) -> ``tvm.compile`` (:func:`cpu_pipeline`) -> ``export_library``;
-    return the library info.
+    """lower (with the target's ``kernels``) -> ``tvm.compile`` (:func:`cpu_pipeline`) -> ``export_library``
+    -> refuse a float instruction in its kernels (:func:`~qcompiler.targets._float_free.check_float_free`, for
+    the architecture of the target's triple); return the library info.
 
     The info dict holds the library file name, the TVM target, build seconds, and the input/output signature
     that :class:`~qcompiler.targets.CompiledModule` checks calls against.
@@ -117,6 +119,7 @@ def build_relax_library(
     )
     library.parent.mkdir(parents=True, exist_ok=True)
     run_step(target_name, "export", progress, lambda: executable.export_library(str(library), **export_options))
+    check_float_free(library, str(tvm_target.attrs["mtriple"]).split("-")[0])
     return {
         "library": library.name,
         "tvm_target": str(tvm_target),
