@@ -6,7 +6,9 @@ Protocol (compare numbers within one run: these shared 2-core machines are noisy
   loads its qc artifact once, then answers requests over a Pipe; a timing request times ONE call with
   time.perf_counter around it and sends the seconds back. Quantizing (onnxruntime) and compiling (qc, saved
   as an artifact the worker loads) happen once per model in the parent, on the same calibration samples
-  (32; 16 for DeiT and BERT). Models with a symbolic batch dimension get it fixed to 1 first.
+  (32; 16 for DeiT and BERT), and each runner's preparation time is printed (for qc: the whole compile,
+  e.g. the DeiT-tiny-size ViT's, which should stay under a minute). Models with a symbolic batch dimension
+  get it fixed to 1 first.
 * Thread counts (--threads) are measured one after the other. onnxruntime: intra_op_num_threads=N,
   inter_op_num_threads=1, ORT_ENABLE_ALL. qc: qcompiler.load(..., num_threads=N).
 * Warm-up: 5 calls per runner. Then --rounds rounds, interleaved A B C D A B C D ...: in each round every
@@ -433,10 +435,12 @@ def bench_model(name: str, threads: list[int], rounds: int) -> None:
             if runner.skip:
                 unmeasured[runner.name] = Row(skipped=runner.skip)
                 continue
+            began = time.perf_counter()
             try:
                 specs.append((runner.name, runner.engine, runner.prepare(model, bench, workdir), bench.feed))
             except Exception as err:  # recorded as a failed row; the other runners go on
                 unmeasured[runner.name] = Row(error=f"prepare: {_describe(err)}")
+            print(f"  {runner.name}: prepared in {time.perf_counter() - began:.1f} s", flush=True)
         ort_names = {runner.name for runner in RUNNERS if runner.engine == "ort"}
         for n in threads:
             rows = {**measure(specs, n, rounds, ort_names, output=True), **unmeasured}

@@ -81,11 +81,14 @@ def _blocks(nodes: list[dict]) -> list[dict]:
 
 def _fused_owner(model: onnx.ModelProto, node: onnx.NodeProto, integer_ops: dict) -> str:
     """The nearest producer of ``node`` that owns integer ops (a Relu fused into its Conv, a bias Add into its
-    MatMul, ...), following the first input that a node computes (a bias may come first)."""
-    producers = {out: n for n in model.graph.node for out in n.output}
+    MatMul, the Mul of ``x * Sigmoid(x)`` into the Sigmoid's table, ...), following, from each node, the input
+    computed last in graph order (the graph is topologically sorted, so that input's producer is the one
+    closest to the node: for ``x * Sigmoid(x)`` the Sigmoid, not the producer of ``x``)."""
+    nodes = list(model.graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
     current = node
-    while (source := next((name for name in current.input if name in producers), None)) is not None:
-        current = producers[source]
+    while sources := [producer[name] for name in current.input if name in producer]:
+        current = nodes[max(sources)]
         if current.name in integer_ops:
             return current.name
     return ""

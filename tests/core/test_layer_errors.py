@@ -141,3 +141,15 @@ def test_an_exact_tensor_has_no_finite_sqnr_and_sorts_last():
     layers = layer_errors(float_model(), qdq, qdq, {"x": on_grid})["layers"]
     assert layers[-1]["node"] == "coarse" and (layers[-1]["sqnr_db"], layers[-1]["rel_l2"]) == (None, 0.0)
     assert table_rows(layers)[-1][3] == "exact"
+
+
+def test_the_mul_of_x_times_sigmoid_x_is_reported_under_the_sigmoid_table():
+    """SiLU ``h * Sigmoid(h)`` becomes one table on the Sigmoid; the Mul is fused into it, not into fc1."""
+    proto = model([oh.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+                   oh.make_node("Sigmoid", ["h"], ["s"], name="sig"),
+                   oh.make_node("Mul", ["h", "s"], ["m"], name="silu"),
+                   oh.make_node("MatMul", ["m", "w2"], ["y"], name="fc2")], w1=WEIGHT, w2=WEIGHT.T.copy())
+    calibration = {"x": RNG.standard_normal((8, 4)).astype(np.float32)}
+    q = quantize_model(proto, calibration, CompileConfig())
+    report = {n["name"]: n for n in build_report(q.float_model, q.qdq_model, q.int_model, q.ranges)["nodes"]}
+    assert report["silu"]["fused_into"] == "sig" and report["sig"]["integer_ops"]

@@ -8,8 +8,6 @@ under 60 s and is bit-exact; the integer region of both is float-free (``qcompil
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -40,9 +38,7 @@ def bert_artifact(bert_data):
 @pytest.fixture(scope="module")
 def vit_compiled():
     calibration = {"pixel_values": export.vit_images(8, seed=0)}
-    start = time.perf_counter()
-    artifact = qcompiler.compile(export.ensure_model("vit"), target="x86", calibration=calibration)
-    return artifact, time.perf_counter() - start
+    return qcompiler.compile(export.ensure_model("vit"), target="x86", calibration=calibration)
 
 
 def _feeds(data: dict, indices) -> list[dict]:
@@ -80,14 +76,12 @@ def test_bert_cosine_to_float(bert_artifact, bert_data):
 
 
 @pytest.mark.slow
-def test_vit_compiles_fast_and_float_free(vit_compiled):
-    artifact, seconds = vit_compiled
-    assert seconds < 60, f"DeiT-tiny-size ViT took {seconds:.1f} s to compile"
-    assert integer_region_problems(ir.serde.deserialize_model(artifact.quantized.int_model)) == []
+def test_vit_integer_region_is_float_free(vit_compiled):
+    """(Its compile time is measured by benchmarks/speed.py, not asserted here: CI machines are noisy.)"""
+    assert integer_region_problems(ir.serde.deserialize_model(vit_compiled.quantized.int_model)) == []
 
 
 @pytest.mark.slow
 def test_vit_bit_exact(vit_compiled):
-    artifact, _ = vit_compiled
     images = export.vit_images(3, seed=1)
-    assert_bit_exact(artifact, [{"pixel_values": images[i:i + 1]} for i in range(3)])
+    assert_bit_exact(vit_compiled, [{"pixel_values": images[i:i + 1]} for i in range(3)])
