@@ -1,12 +1,24 @@
-"""``qc search`` / ``qcompiler.search``: choose per-layer widths under a budget and show the trade-off.
+"""``qc search`` / ``qcompiler.search``: choose per-layer widths or a quantization recipe under a budget and
+show the trade-off.
+
+Methods: ``ilp`` (per-layer weight widths from measured or proxy sensitivities, plus a sweep of budgets for
+the trade-off curve), ``random`` (random per-layer widths within the budget: the ILP's baseline), and the
+recipe searches ``xgboost``, ``grid``, ``genetic`` (Quantune, :mod:`~qcompiler.autotune.recipes`): they
+search calibration method, per-channel or per-tensor weights, uniform widths that fit the budget or the
+ILP's widths at the budget, and for transformers reparameterization, attention codes and the Softmax/GELU
+method. The recipe space always calibrates on the whole ``calibration`` set (the benchmark's
+``calibration_set`` dimension is fixed to ``large``), so ``qc compile --config chosen.json`` with the same
+calibration file reproduces the measured model. ``prior``: directories of earlier recipe searches (other
+models) whose trials train the XGBoost model from the start (transfer) and seed the genetic population.
 
 Every measured candidate is a **trial**, appended to ``trials.jsonl`` as soon as it is scored, so an
 interrupted search resumes where it stopped (trials are keyed by their config; the settings of the search
 must match, ``search.json``). At the end the directory holds::
 
     search.json       settings, float metric, metric kind, sensitivity kind
-    sensitivity.json  per-layer sensitivities (ilp), with how they were obtained
-    trials.jsonl      every trial: config, score, cost as a fraction of the base config's
+    sensitivity.json  per-layer sensitivities (ilp, and the recipes' ILP point), with how they were obtained
+    trials.jsonl      every trial: config, score, cost as a fraction of the base config's (recipe searches:
+                      also the recipe and the model's features, which a later search reads as ``prior``)
     pareto.json       the trials no other trial beats on both metric and cost
     pareto.png        metric vs cost, the Pareto front, the budget and the chosen point marked
     chosen.json       the chosen config, ready for ``qc compile --config chosen.json``
@@ -17,11 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from qcompiler.autotune import recipes
 from qcompiler.autotune.candidates import CandidateEvaluator
 from qcompiler.autotune.mixed_precision import (
     OBJECTIVES,
@@ -43,7 +56,8 @@ from qcompiler.targets import get_target
 
 __all__ = ["METHODS", "SearchResult", "search"]
 
-METHODS = ("ilp", "random")
+RECIPE_METHODS = ("xgboost", "grid", "genetic")
+METHODS = ("ilp", "random", *RECIPE_METHODS)
 #: budget fractions of the ILP's trade-off sweep (the requested budget is added).
 SWEEP = (0.3, 0.4, 0.5, 0.7, 0.8, 0.9)
 
@@ -60,67 +74,135 @@ class SearchResult:
     config: CompileConfig
     float_metric: float
     metric_kind: str
+    failed: list[dict] = field(default_factory=list)  # recipes whose measurement was refused, with the reason
 
 
 def search(model, calibration, evaluation, target: str = "x86", objective: str = "size", budget: float = 0.6,
            method: str = "ilp", trials: int = 20, widths: tuple[int, ...] = (4, 8), sensitivity: str = "measured",
            samples: int = 256, output: str | Path | None = None, base: CompileConfig | None = None, seed: int = 0,
-           progress: Progress | None = None) -> SearchResult:
-    """Search per-layer weight widths of ``model`` under ``budget`` (a fraction of the base config's cost).
+           prior: tuple[str | Path, ...] = (), progress: Progress | None = None) -> SearchResult:
+    """Search per-layer weight widths or a recipe of ``model`` under ``budget`` (a fraction of the base
+    config's cost), by ``method`` (see the module docstring).
 
     ``calibration`` and ``evaluation`` are ``.npz`` paths or dicts keyed by input name (``evaluation`` may
-    hold ``labels``; ``samples`` caps how many evaluation samples score a candidate). ``method``: ``ilp``
-    (``sensitivity`` ``measured`` or ``proxy``) or ``random`` (``trials`` random configs within the budget).
-    ``output``: a directory for the trial log and results (resumed if it holds the same search).
+    hold ``labels``; ``samples`` caps how many evaluation samples score a candidate). ``sensitivity``
+    (``measured`` or ``proxy``) serves the ILP, ``trials`` the random and recipe searches (how many configs
+    they measure). ``output``: a directory for the trial log and results (resumed if it holds the same
+    search).
     """
-    _check_arguments(objective, budget, method, widths, sensitivity, trials)
+    _check_arguments(objective, budget, method, widths, sensitivity, trials, prior)
     base = (base or CompileConfig()).replace(target=target)
     mantissa_bits = get_target(base.target, **base.target_options).requant_mantissa_bits
     settings = {"objective": objective, "budget": budget, "method": method, "trials": trials,
-                "widths": sorted(widths), "sensitivity": sensitivity if method == "ilp" else None,
-                "samples": samples, "seed": seed, "base": base.to_json()}
+                "widths": sorted(widths), "sensitivity": sensitivity if method != "random" else None,
+                "samples": samples, "seed": seed, "base": base.to_json(), "prior": sorted(map(str, prior))}
+    prior_trials = _prior_trials(prior)
     log = _TrialLog(Path(output), settings) if output is not None else None
     evaluator = CandidateEvaluator(model, calibration, evaluation, base, samples, mantissa_bits)
     total = base_cost(objective, evaluator, base)
+    limit = budget_limit(objective, budget, evaluator, base)
+    space = _recipe_space(evaluator, base, objective, budget) if method in RECIPE_METHODS else None
+    expected = min(trials, space.size) if space is not None else -1
     measured: list[dict] = []
 
-    def measure(config: CompileConfig, kind: str, facts: dict | None = None) -> dict:
+    def measure(config: CompileConfig, kind: str, fields: dict | None = None) -> dict:
         trial = log.get(config) if log is not None else None
         if trial is None:
             score = evaluator.score(config)
             cost = score.layer_bytes if objective == "size" else score.bops
             trial = {"key": _key(config), "kind": kind, "config": config.to_json(), "score": score.to_json(),
-                     "cost": cost / total, **({"ilp": facts} if facts else {})}
+                     "cost": cost / total, **(fields or {})}
             if log is not None:
                 log.append(trial)
         if all(t["key"] != trial["key"] for t in measured):  # two budgets can give one config
             measured.append(trial)
         if progress:
-            progress("search", len(measured), -1)
+            progress("search", len(measured), expected)
         return trial
 
-    measure(base, "uniform")
-    for width in sorted(w for w in widths if w < base.weight_bits):
-        measure(base.replace(weight_bits=width), "uniform")
-    limit = budget_limit(objective, budget, evaluator, base)
-    if method == "ilp":
-        found = _sensitivity(evaluator, base, widths, sensitivity, log, progress)
-        problem = width_problem(evaluator, found, objective, base)
-        feasible = problem.extreme_cost(min) / total
-        for fraction in sorted({f for f in SWEEP if f >= feasible} - {budget}):
-            measure(*_ilp_trial(problem, budget_limit(objective, fraction, evaluator, base), base, fraction))
-        chosen = measure(*_ilp_trial(problem, limit, base, budget))
+    def sensitivities() -> Sensitivity:
+        return _sensitivity(evaluator, base, widths, sensitivity, log, progress)
+
+    failed = []
+    if space is not None:
+        failed = _search_recipes(space, evaluator, base, objective, limit, measure, sensitivities, method, trials,
+                                 seed, prior_trials)
+        candidates = [t for t in measured if t["kind"] == "recipe"]
+        if not candidates:
+            raise QcError(f"every recipe the {method} search measured was refused; the first: {failed[0]['error']}")
+        chosen = _best(candidates)
     else:
-        candidates = [measure(c, "random") for c in random_configs(evaluator, objective, limit, base, widths, trials, seed)]
-        chosen = max(candidates, key=lambda t: (t["score"]["metric"], -t["score"]["rel_l2"]))
+        measure(base, "uniform")
+        for width in sorted(w for w in widths if w < base.weight_bits):
+            measure(base.replace(weight_bits=width), "uniform")
+        if method == "ilp":
+            problem = width_problem(evaluator, sensitivities(), objective, base)
+            feasible = problem.extreme_cost(min) / total
+            for fraction in sorted({f for f in SWEEP if f >= feasible} - {budget}):
+                measure(*_ilp_trial(problem, budget_limit(objective, fraction, evaluator, base), base, fraction))
+            chosen = measure(*_ilp_trial(problem, limit, base, budget))
+        else:
+            chosen = _best([measure(c, "random")
+                            for c in random_configs(evaluator, objective, limit, base, widths, trials, seed)])
     result = SearchResult(measured, _pareto(measured), chosen, CompileConfig.from_json(chosen["config"]),
-                          evaluator.float_metric, evaluator.metric_kind)
+                          evaluator.float_metric, evaluator.metric_kind, failed)
     if log is not None:
         log.finish(result, budget)
     return result
 
 
-def _check_arguments(objective, budget, method, widths, sensitivity, trials) -> None:
+def _best(trials: list[dict]) -> dict:
+    """The trial with the best metric (then the lowest relative L2 error)."""
+    return max(trials, key=lambda t: (t["score"]["metric"], -t["score"]["rel_l2"]))
+
+
+def _recipe_space(evaluator: CandidateEvaluator, base: CompileConfig, objective: str,
+                  budget: float) -> recipes.RecipeSpace:
+    """The model's recipe space for ``qc search``: whole calibration set; the uniform widths whose cost fits
+    ``budget``, and the ILP point when the budget is below the base cost."""
+    space = recipes.recipe_space(recipes.model_features(evaluator), budget_point=budget < 1)
+    limit = budget_limit(objective, budget, evaluator, base) * (1 + 1e-9)
+    bits = next(d for d in space.dimensions if d.name == "bits")
+    fits = [choice for choice in bits.choices if choice == recipes.ILP_BITS
+            or base_cost(objective, evaluator, recipes.recipe_config(base, {"bits": choice})) <= limit]
+    if not fits:
+        raise QcError(f"no recipe fits the budget {budget:g}: even the narrowest uniform widths cost more than "
+                      f"that fraction of the base config's {objective}")
+    return space.fix(calibration_set="large").only("bits", fits)
+
+
+def _search_recipes(space, evaluator, base, objective, limit, measure, sensitivities, method, trials, seed,
+                    prior) -> list[dict]:
+    """Run the recipe search over ``space``, measuring each recipe with ``measure``; the refused recipes."""
+    def metric(recipe: dict) -> float:
+        config = recipes.recipe_config(base, {k: v for k, v in recipe.items() if v != recipes.ILP_BITS})
+        fields = {"recipe": recipe, "model": space.model}
+        if recipe["bits"] == recipes.ILP_BITS:
+            config, facts = ilp_config(width_problem(evaluator, sensitivities(), objective, config), limit, config)
+            fields["ilp"] = facts
+        return measure(config, "recipe", fields)["score"]["metric"]
+
+    done = recipes.search(space, metric, method, trials, seed, prior=prior)
+    return [{"recipe": t["recipe"], "error": t["error"]} for t in done if t["metric"] is None]
+
+
+def _prior_trials(directories) -> list[dict]:
+    """The recipe trials of earlier searches in ``directories``, as :func:`recipes.search` takes them."""
+    found = []
+    for directory in map(Path, directories):
+        path = directory / "trials.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        trials = [json.loads(line) for line in lines if line.strip().endswith("}")]
+        usable = [{"recipe": t["recipe"], "metric": t["score"]["metric"], "error": None, "model": t["model"]}
+                  for t in trials if "recipe" in t]
+        if not usable:
+            raise QcError(f"prior {directory} holds no recipe trials: give the -o directory of an earlier "
+                          f"qc search --method {'|'.join(RECIPE_METHODS)}")
+        found += usable
+    return found
+
+
+def _check_arguments(objective, budget, method, widths, sensitivity, trials, prior) -> None:
     problems = []
     if objective not in OBJECTIVES:
         problems.append(f"objective '{objective}' is not one of {', '.join(OBJECTIVES)} (latency tables are not "
@@ -135,13 +217,15 @@ def _check_arguments(objective, budget, method, widths, sensitivity, trials) -> 
         problems.append(f"sensitivity '{sensitivity}' is not one of {', '.join(SENSITIVITY_KINDS)}")
     if trials < 1:
         problems.append(f"trials {trials} must be at least 1")
+    if prior and method not in RECIPE_METHODS:
+        problems.append(f"prior trials serve the recipe searches ({', '.join(RECIPE_METHODS)}), not '{method}'")
     if problems:
         raise QcError("; ".join(problems))
 
 
 def _ilp_trial(problem, limit: float, base: CompileConfig, fraction: float) -> tuple[CompileConfig, str, dict]:
     config, facts = ilp_config(problem, limit, base)
-    return config, "ilp", {**facts, "budget": fraction}
+    return config, "ilp", {"ilp": {**facts, "budget": fraction}}
 
 
 def _sensitivity(evaluator, base, widths, kind, log, progress) -> Sensitivity:
@@ -215,7 +299,7 @@ class _TrialLog:
 
     def finish(self, result: SearchResult, budget: float) -> None:
         summary = {"settings": self.settings, "float_metric": result.float_metric, "metric": result.metric_kind,
-                   "chosen": result.chosen["key"]}
+                   "chosen": result.chosen["key"], "failed": result.failed}
         (self.directory / "search.json").write_text(json.dumps(summary, indent=1))
         (self.directory / "pareto.json").write_text(json.dumps(result.pareto, indent=1))
         (self.directory / "chosen.json").write_text(json.dumps(result.config.to_json(), indent=1))
@@ -230,7 +314,7 @@ def _plot(result: SearchResult, budget: float, objective: str, path: Path) -> No
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for kind, marker in (("uniform", "s"), ("ilp", "o"), ("random", ".")):
+    for kind, marker in (("uniform", "s"), ("ilp", "o"), ("random", "."), ("recipe", "^")):
         points = [t for t in result.trials if t["kind"] == kind]
         if points:
             axes.scatter([t["cost"] for t in points], [t["score"]["metric"] for t in points], marker=marker, label=kind)

@@ -221,17 +221,21 @@ def search(
     target: Annotated[str, typer.Option(help="target the chosen config is for")] = "x86",
     objective: Annotated[str, typer.Option(help="size (weight bytes) | bops")] = "size",
     budget: Annotated[float, typer.Option(help="cost limit as a fraction of the base config's")] = 0.6,
-    method: Annotated[str, typer.Option(help="ilp | random")] = "ilp",
-    trials: Annotated[int, typer.Option(help="random: configs to measure")] = 20,
+    method: Annotated[str, typer.Option(help="ilp | random (per-layer widths) | xgboost | grid | genetic "
+                                        "(recipe search)")] = "ilp",
+    trials: Annotated[int, typer.Option(help="random and recipe searches: configs to measure")] = 20,
     widths: Annotated[str, typer.Option(help="weight widths to choose from, e.g. 4,8 or 2,4,6,8")] = "4,8",
-    sensitivity: Annotated[str, typer.Option(help="ilp: measured (one candidate per layer and width) | proxy "
-                                             "(no candidate)")] = "measured",
+    sensitivity: Annotated[str, typer.Option(help="ilp (and the recipes' ILP point): measured (one "
+                                             "candidate per layer and width) | proxy (no candidate)")] = "measured",
     samples: Annotated[int, typer.Option(help="evaluation samples that score a candidate")] = 256,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     config: Annotated[Path | None, typer.Option(help="base JSON config (recipe and default widths)")] = None,
+    prior: Annotated[list[Path] | None, typer.Option(metavar="<dir>", help="recipe searches: -o directory of an "
+                                                     "earlier recipe search (another model) to learn from; "
+                                                     "repeatable")] = None,
 ) -> None:
-    """Choose per-layer weight widths of MODEL under a budget; writes the trials, the Pareto front and
-    chosen.json for `qc compile --config`."""
+    """Choose per-layer weight widths or a quantization recipe of MODEL under a budget; writes the trials,
+    the Pareto front and chosen.json for `qc compile --config`."""
     from qcompiler.model_io import require_model_file
     from qcompiler.targets import check_target_name
 
@@ -250,7 +254,8 @@ def search(
         result = qcompiler.search(model, calib, eval_data, target=target, objective=objective, budget=budget,
                                   method=method, trials=trials, widths=chosen_widths, sensitivity=sensitivity,
                                   samples=samples, output=output, seed=seed,
-                                  base=CompileConfig.load(config) if config else None, progress=_bar_reporter(bar))
+                                  base=CompileConfig.load(config) if config else None, prior=tuple(prior or ()),
+                                  progress=_bar_reporter(bar))
     table = Table(title=f"qc search -> {output}: Pareto front of {len(result.trials)} trials "
                         f"({result.metric_kind}; float model {result.float_metric:.4f})")
     for column in ("trial", "cost", result.metric_kind, "rel. L2", "bytes (packed)", "widths"):
@@ -261,6 +266,10 @@ def search(
         table.add_row(trial["kind"] + mark, f"{trial['cost']:.3f}", f"{trial['score']['metric']:.4f}",
                       f"{trial['score']['rel_l2']:.3g}", f"{trial['score']['weight_bytes']:,}", _width_counts(trial))
     out.print(table)
+    if "recipe" in result.chosen:
+        out.print("chosen recipe: " + ", ".join(f"{k}={v}" for k, v in result.chosen["recipe"].items()))
+    for failure in result.failed:
+        out.print(f"refused recipe {failure['recipe']}: {failure['error']}")
     out.print(f"chosen: {output / 'chosen.json'} -> qc compile {model} --calib {calib} --config "
               f"{output / 'chosen.json'} -o out/")
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import warnings
 
-import numpy as np
 import pytest
 
 import qcompiler
-from examples.fashion_mnist.data import load_split
 from qcompiler.autotune.candidates import CandidateEvaluator
 from qcompiler.autotune.sensitivity import measure_sensitivity, proxy_sensitivity
 from qcompiler.config import CompileConfig
@@ -19,13 +17,6 @@ from tests.e2e.test_bit_exact import assert_bit_exact
 
 CNN = "examples/fashion_mnist/cnn.onnx"
 BUDGET = 0.6
-
-
-@pytest.fixture(scope="module")
-def data():
-    images, labels = load_split("test")
-    x = ((images[:400] / 255.0 - 0.5) / 0.5).astype(np.float32)[:, None]
-    return {"input": x[:64]}, {"input": x[64:], "labels": labels[64:400]}
 
 
 @pytest.fixture(scope="module")

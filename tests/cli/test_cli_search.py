@@ -33,6 +33,8 @@ CASES = {
     "bad_widths": ([*BASE, "--widths", "4,eight"], "--widths '4,eight': expected comma-separated integers"),
     "bad_target": ([*BASE, "--target", "z80"], "unknown target 'z80'"),
     "bad_budget": ([*BASE, "--budget", "1.5"], r"budget 1.5 must be a fraction in (0, 1]"),
+    "prior_without_trials": ([*BASE, "--method", "xgboost", "--prior", "."], "prior . holds no recipe trials"),
+    "prior_for_the_ilp": ([*BASE, "--prior", "."], "prior trials serve the recipe searches"),
 }
 
 
@@ -62,3 +64,13 @@ def test_search_then_compile_the_chosen_config(work):
     assert "bytes with sub-8-bit weights packed" in compiled.stdout
     inspected = run_qc("inspect", "out", cwd=work)
     assert "w4a8" in inspected.stdout and "w8a8" in inspected.stdout
+
+
+def test_recipe_search_then_compile_the_chosen_recipe(work):
+    searched = run_qc(*BASE, "--samples", "100", "--method", "grid", "--trials", "2", "--sensitivity", "proxy",
+                      "-o", "recipes", cwd=work)
+    assert searched.returncode == 0, searched.stderr
+    assert "chosen recipe: calibration_set=large, calibration=minmax, weights=per_channel, bits=" in searched.stdout
+    compiled = run_qc("compile", "cnn.onnx", "--calib", "calib.npz", "--config", "recipes/chosen.json", "-o",
+                      "recipe_out", cwd=work)
+    assert compiled.returncode == 0, compiled.stderr
