@@ -330,7 +330,14 @@ def run(
 def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")],
             as_json: Annotated[bool, typer.Option("--json", help="print report.json")] = False,
             errors: Annotated[bool, typer.Option("--errors", help="print the per-layer error table, worst first "
-                                                 "(needs an artifact compiled with --eval)")] = False) -> None:
+                                                 "(stored by qc compile --eval, or recomputed with --eval, "
+                                                 "--model and --calib)")] = False,
+            eval_data: Annotated[Path | None, typer.Option("--eval", help="--errors: .npz to recompute the "
+                                                           "errors on")] = None,
+            model: Annotated[Path | None, typer.Option(help="--errors --eval: the float ONNX model the artifact "
+                                                       "was compiled from")] = None,
+            calib: Annotated[Path | None, typer.Option("--calib", "--calibration", help="--errors --eval: the "
+                                                       "calibration .npz it was compiled with")] = None) -> None:
     """Show what was quantized how, per node."""
     from qcompiler.artifact import check_hashes, read_manifest
     from qcompiler.errors import ArtifactError
@@ -341,10 +348,20 @@ def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")]
     if as_json:
         out.print_json(data=report)
         return
+    if eval_data is not None or model is not None or calib is not None:
+        if not errors or None in (eval_data, model, calib):
+            raise QcError("recomputing per-layer errors takes --errors with all of --eval, --model and --calib")
+        for name, path in (("--eval", eval_data), ("--model", model), ("--calib", calib)):
+            if not path.is_file():
+                raise QcError(f"{name} file '{path}' does not exist or is not a file")
+        from qcompiler.layer_errors import artifact_layer_errors
+
+        report["layer_errors"] = artifact_layer_errors(artifact, manifest, model, calib, eval_data)
     if errors:
         if "layer_errors" not in report:
             raise ArtifactError(f"{artifact} has no per-layer errors: it was compiled without evaluation data; "
-                                "recompile with `qc compile ... --eval eval.npz`")
+                                "recompute them with `qc inspect ARTIFACT --errors --eval eval.npz --model "
+                                "model.onnx --calib calib.npz`, or recompile with `qc compile ... --eval eval.npz`")
         out.print(_errors_table(report["layer_errors"], title=f"per-layer error on "
                                 f"{report['layer_errors']['samples']} samples, worst first"))
         return

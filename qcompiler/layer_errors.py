@@ -26,12 +26,12 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from qcompiler.errors import CalibrationError
+from qcompiler.errors import ArtifactError, CalibrationError
 from qcompiler.evaluate import batches, evaluation_arrays
 from qcompiler.passes._qdq import BITS_KEY
 from qcompiler.qmath import code_range, dequantize
 
-__all__ = ["COLUMNS", "layer_errors", "sqnr_db", "sqnr_text", "table_rows"]
+__all__ = ["COLUMNS", "artifact_layer_errors", "layer_errors", "sqnr_db", "sqnr_text", "table_rows"]
 
 #: ops whose second input, when constant, is reported as the layer's weight.
 _WEIGHTED_OPS = ("Conv", "MatMul")
@@ -206,3 +206,27 @@ def table_rows(layers: list[dict]) -> list[tuple[str, ...]]:
              "-" if row["rel_l2"] is None else f"{row['rel_l2']:.2e}",
              _span(row["float_range"]), _span(row["int_range"]), _span(row["weight_range"]))
             for rank, row in enumerate(layers, 1)]
+
+
+def artifact_layer_errors(directory: str | Path, manifest: dict, model: str | Path, calibration,
+                          data: str | Path | dict, samples: int = 8) -> dict:
+    """:func:`layer_errors` of the artifact in ``directory`` (``manifest`` read from it), recomputed from the
+    float ``model`` and the ``calibration`` data it was compiled from, since an artifact keeps its QDQ and
+    integer models but not the normalized float model.
+
+    Invariant: quantizing ``model`` again under the manifest's config reproduces the artifact's
+    ``model.int.onnx`` byte for byte (the pipeline is deterministic); when it does not, the model or the
+    calibration data are not those of the artifact and the errors would be meaningless: ArtifactError.
+    """
+    from qcompiler.config import CompileConfig
+    from qcompiler.driver import quantize_model
+    from qcompiler.targets import get_target
+
+    directory = Path(directory)
+    config = CompileConfig.from_json(manifest["config"])
+    target = get_target(config.target, **config.target_options)
+    quantized = quantize_model(model, calibration, config, target.requant_mantissa_bits)
+    if quantized.int_model.SerializeToString() != (directory / "model.int.onnx").read_bytes():
+        raise ArtifactError(f"{model} with this calibration data does not reproduce {directory}/model.int.onnx: "
+                            "pass the float model and the --calib file the artifact was compiled from")
+    return layer_errors(quantized.float_model, quantized.qdq_model, quantized.int_model, data, samples)

@@ -118,3 +118,22 @@ def test_chromium_renders_the_plots(work, results, tmp_path):
     for name, color in PALETTE.items():  # SQNR bars (worst five in red), both range plots
         assert color_pixels(image, color) > 2000, name
     assert np.mean(np.any(image < 250, axis=-1)) > 0.05  # far from a blank page
+
+
+def test_inspect_recomputes_the_errors_of_an_artifact_compiled_without_eval(work, results, layers):
+    done = run_qc("inspect", "plain", "--errors", "--eval", "eval.npz", "--model", "tiny.onnx", "--calib",
+                  "calib.npz", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert table_layers(done.stdout) == [row["owner"] for row in layers]  # same model, data: same table
+    assert not (work / "plain" / "report.html").exists()  # the artifact is left as it was
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--calib", "other.npz"], "does not reproduce plain/model.int.onnx"),
+    ([], "takes --errors with all of --eval, --model and --calib"),
+])
+def test_recomputing_with_other_data_or_missing_options_is_one_clear_error(work, results, extra, message):
+    np.savez(work / "other.npz", input=np.random.default_rng(1).standard_normal((8, 1, 16, 16)).astype(np.float32))
+    done = run_qc("inspect", "plain", "--errors", "--eval", "eval.npz", "--model", "tiny.onnx", *extra, cwd=work)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] and message in done.stderr
