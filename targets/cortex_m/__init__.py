@@ -36,7 +36,7 @@ from qcompiler.targets._runtime import (
 )
 from qcompiler.targets.cortex_m import _emit, _harness, _toolchain
 from qcompiler.targets.cortex_m._kernels import KernelSource, fuse, kernel_source
-from qcompiler.targets.cortex_m._plan import Plan, plan
+from qcompiler.targets.cortex_m._plan import UNPACK_KERNELS, Plan, plan
 from qcompiler.targets.relax_lowering import lower
 
 __all__ = ["BOARDS", "Board", "CortexM4Target", "CortexM55Target", "CortexM7Target", "CortexMTarget"]
@@ -126,7 +126,11 @@ class CortexMTarget(Target):
     """A Cortex-M core (see :data:`BOARDS`). Options: ``ram_limit`` and ``flash_limit`` in bytes (also
     "512K", "2M"; the board's own memory is always a limit), and ``arg_checks`` (default True): every
     kernel checks its arguments' dtype and shape; False drops the checks and their messages, which are most
-    of the code size (the driver passes the planned descriptors by construction).
+    of the code size (the driver passes the planned descriptors by construction). ``pack_weights`` (default
+    True): int8 constants whose values all fit 4 (or 2) bits are stored packed, two (four) per byte, in flash
+    and unpacked into the arena just before the kernel that reads them (see
+    :mod:`~qcompiler.targets.cortex_m._plan`): sub-8-bit weights then really take less flash, at the price
+    of RAM for the largest unpacked weight alive at once.
 
     No SIMD dot product is used: the kernels are TVM's plain C loops (no SMLAD / MVE intrinsics yet).
     qc's requantization multiplies in int64, which a Cortex-M does in several 32-bit multiplies: exact,
@@ -146,6 +150,7 @@ class CortexMTarget(Target):
     ram_limit: int | None = option(default=None)
     flash_limit: int | None = option(default=None)
     arg_checks: bool = option(default=True)
+    pack_weights: bool = option(default=True)
 
     def __post_init__(self) -> None:
         if self.name not in BOARDS:
@@ -157,6 +162,7 @@ class CortexMTarget(Target):
         object.__setattr__(self, "ram_limit", _parse_bytes(self.ram_limit, "ram_limit"))
         object.__setattr__(self, "flash_limit", _parse_bytes(self.flash_limit, "flash_limit"))
         object.__setattr__(self, "arg_checks", _parse_bool(self.arg_checks, "arg_checks"))
+        object.__setattr__(self, "pack_weights", _parse_bool(self.pack_weights, "pack_weights"))
 
     @property
     def board(self) -> Board:
@@ -179,7 +185,7 @@ class CortexMTarget(Target):
         module = run_step(self.name, "lower", progress, lambda: lower(region))
         module = run_step(self.name, "fuse", progress, lambda: fuse(module))
         kernels = run_step(self.name, "codegen", progress, lambda: kernel_source(module, self.arg_checks))
-        graph = run_step(self.name, "plan", progress, lambda: plan(module["main"], kernels.workspace))
+        graph = run_step(self.name, "plan", progress, lambda: plan(module["main"], kernels.workspace, self.pack_weights))
         if progress is not None:
             progress("emit")
         self._write_tree(directory, inputs, outputs, graph, kernels)
@@ -196,6 +202,7 @@ class CortexMTarget(Target):
             "kernels": len(graph.steps),
             "arena_bytes": graph.arena_bytes,
             "weights_bytes": int(sum(c.nbytes for c in graph.constants)),
+            "packed_weights": sum(step.kernel in UNPACK_KERNELS.values() for step in graph.steps),
             "io_bytes": int(sum(_nbytes(s) for s in [*inputs, *outputs])),
         }
         missing = _toolchain.missing_tools(_toolchain.BUILD_TOOLS)
@@ -221,7 +228,7 @@ class CortexMTarget(Target):
         if directory.exists():
             shutil.rmtree(directory)
         (directory / "include").mkdir(parents=True)
-        names = list(dict.fromkeys(step.kernel for step in graph.steps))
+        names = list(dict.fromkeys(s.kernel for s in graph.steps if s.kernel not in UNPACK_KERNELS.values()))
         files = {
             "model.h": _emit.model_h(inputs, outputs, graph),
             "model.c": _emit.model_c(graph, names, inputs, outputs),

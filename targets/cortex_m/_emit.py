@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 
 from qcompiler.targets._runtime import TensorSpec
-from qcompiler.targets.cortex_m._plan import ARENA_ALIGN, Plan
+from qcompiler.targets.cortex_m._plan import ARENA_ALIGN, UNPACK_KERNELS, Plan
 
 __all__ = ["c_identifier", "model_c", "model_h", "weights_c", "weights_h"]
 
@@ -164,6 +164,28 @@ const char *qc_last_error(void) {{ return qc_error; }}
 """
 
 
+def _unpack_kernel(bits: int) -> str:
+    """The C of :data:`UNPACK_KERNELS` ``[bits]``, with a kernel's calling convention: args = (packed uint8
+    source, int8 destination); value ``i`` is bits ``[(i % k) * bits, ...)`` of byte ``i / k`` (k = 8 / bits),
+    sign-extended (see :func:`~qcompiler.targets.cortex_m._plan.pack_codes`)."""
+    per_byte, mask, half = 8 // bits, (1 << bits) - 1, 1 << (bits - 1)
+    return f"""
+static int32_t __tvm_ffi_{UNPACK_KERNELS[bits]}(void *self, void *args, int32_t num_args, void *ret) {{
+  const TVMFFIAny *a = (const TVMFFIAny *)args;
+  const uint8_t *src = (const uint8_t *)((const DLTensor *)a[0].v_ptr)->data;
+  const DLTensor *dst = (const DLTensor *)a[1].v_ptr;
+  int8_t *out = (int8_t *)dst->data;
+  int64_t n = 1;
+  for (int32_t d = 0; d < dst->ndim; ++d) n *= dst->shape[d];
+  for (int64_t i = 0; i < n; ++i) {{
+    int32_t code = (src[i / {per_byte}] >> ((i % {per_byte}) * {bits})) & {mask};
+    out[i] = (int8_t)((code ^ {half}) - {half});
+  }}
+  (void)self; (void)num_args; (void)ret;
+  return 0;
+}}"""
+
+
 def model_c(plan: Plan, kernels: list[str], inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
     """``model.c``: shapes, tensor descriptors, argument lists, the arena, ``qc_run_buffers``, ``qc_run``."""
     io_tensors = [
@@ -185,6 +207,7 @@ def model_c(plan: Plan, kernels: list[str], inputs: list[TensorSpec], outputs: l
         '#include "weights.h"',
         "",
         *(f"int32_t __tvm_ffi_{k}(void *self, void *args, int32_t num_args, void *ret);" for k in kernels),
+        *(_unpack_kernel(b) for b, k in sorted(UNPACK_KERNELS.items()) if any(s.kernel == k for s in plan.steps)),
         "",
         f"static uint8_t qc_arena[{plan.arena_bytes}] __attribute__((aligned({ARENA_ALIGN})));"
         if plan.arena_bytes

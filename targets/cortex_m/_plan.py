@@ -8,6 +8,13 @@ Walking ``main`` (after :func:`qcompiler.targets.cortex_m._kernels.fuse`) in bin
 * **steps**: one kernel call each, with the tensors it reads and writes; then copies for graph outputs that
   are not computed in place (an input, a constant, or a buffer already returned as another output).
 
+**Packed weights** (``pack_weights``): an int8 constant of at least :data:`PACK_MIN_VALUES` values that
+all fit a signed 4-bit (or 2-bit) range is stored as a uint8 array, value ``i`` in bits
+``[(i % k) * b, (i % k + 1) * b)`` of byte ``i // k`` (``b`` bits, ``k = 8 / b`` values per byte, two's
+complement). Every kernel that reads it gets, in the step just before, an unpack step
+(:data:`UNPACK_KERNELS`, C in :mod:`~qcompiler.targets.cortex_m._emit`) into an arena buffer that lives
+from the unpack to that kernel; the unpacking is exact, so the kernels see the same int8 values.
+
 Arena offsets come from liveness (a buffer lives from the step that writes it to the last step that reads
 any view of it, both inclusive, so a kernel's outputs never overlap its inputs) and greedy placement: the
 largest buffer first, each at the lowest offset that overlaps no buffer alive at the same time.
@@ -23,10 +30,31 @@ from tvm import relax
 
 from qcompiler.errors import TargetError
 
-__all__ = ["ARENA_ALIGN", "Buffer", "Plan", "Step", "Tensor", "plan"]
+__all__ = ["ARENA_ALIGN", "PACK_MIN_VALUES", "UNPACK_KERNELS", "Buffer", "Plan", "Step", "Tensor", "pack_codes",
+           "plan"]
 
 #: every arena buffer starts at a multiple of this (enough for int64 and for 128-bit MVE loads).
 ARENA_ALIGN = 16
+#: the unpack step of each packed width.
+UNPACK_KERNELS = {2: "qc_unpack_int2", 4: "qc_unpack_int4"}
+#: smaller int8 constants stay unpacked (an unpack step costs more than it saves).
+PACK_MIN_VALUES = 64
+
+
+def pack_codes(values: np.ndarray, bits: int) -> np.ndarray:
+    """``values`` (int8, all in the signed ``bits`` range) packed ``8 // bits`` per byte, low bits first."""
+    per_byte = 8 // bits
+    codes = (values.reshape(-1).astype(np.int16) & ((1 << bits) - 1)).astype(np.uint8)
+    codes = np.concatenate([codes, np.zeros(-len(codes) % per_byte, np.uint8)]).reshape(-1, per_byte)
+    return np.bitwise_or.reduce(codes << (np.arange(per_byte, dtype=np.uint8) * bits), axis=1).astype(np.uint8)
+
+
+def _packed_bits(value: np.ndarray) -> int:
+    """The narrowest width of :data:`UNPACK_KERNELS` that holds every value of an int8 constant, else 8."""
+    if value.dtype != np.int8 or value.size < PACK_MIN_VALUES:
+        return 8
+    low, high = int(value.min()), int(value.max())
+    return next((b for b in sorted(UNPACK_KERNELS) if -(1 << (b - 1)) <= low and high < 1 << (b - 1)), 8)
 
 
 @dataclasses.dataclass
@@ -87,11 +115,13 @@ def _tensor_type(ty: relax.TensorType, what: str) -> tuple[str, tuple[int, ...]]
 
 
 class _Builder:
-    def __init__(self, workspace: dict[str, int]):
+    def __init__(self, workspace: dict[str, int], pack_weights: bool):
         self.workspace = workspace
+        self.pack_weights = pack_weights
         self.plan = Plan([], [], [], [], [], [], [])
         self.env: dict[relax.Var, object] = {}
         self.constants: dict[tvm.ir.expr.Constant, int] = {}  # one flash array per Relax constant
+        self.packed: dict[int, tuple[int, int]] = {}  # const buffer id -> (its uint8 tensor, bits per value)
 
     def tensor(self, buffer: int, dtype: str, shape: tuple[int, ...]) -> int:
         self.plan.tensors.append(Tensor(buffer, dtype, shape))
@@ -104,11 +134,29 @@ class _Builder:
     def constant(self, const: tvm.ir.expr.Constant) -> int:
         if const not in self.constants:
             value = const.value.numpy()
-            self.plan.constants.append(value)
-            self.constants[const] = self.new_buffer(
-                "const", value.dtype.name, value.shape, len(self.plan.constants) - 1
-            )
+            bits = _packed_bits(value) if self.pack_weights else 8
+            stored = pack_codes(value, bits) if bits < 8 else value
+            self.plan.constants.append(stored)
+            tensor = self.new_buffer("const", stored.dtype.name, stored.shape, len(self.plan.constants) - 1)
+            if bits < 8:  # the int8 view of the packed bytes, unpacked before each use (see unpacked)
+                self.packed[self.plan.tensors[tensor].buffer] = (tensor, bits)
+                tensor = self.tensor(self.plan.tensors[tensor].buffer, value.dtype.name, value.shape)
+            self.constants[const] = tensor
         return self.constants[const]
+
+    def unpacked(self, tensor: int) -> int:
+        """``tensor`` itself, or, for a view of a packed constant, an arena copy unpacked by a new step."""
+        view = self.plan.tensors[tensor]
+        if view.buffer not in self.packed:
+            return tensor
+        source, bits = self.packed[view.buffer]
+        step = len(self.plan.steps)
+        target = self.new_buffer("arena", view.dtype, view.shape)
+        self.plan.buffers[self.plan.tensors[target].buffer].first = step
+        self.use(source, step)
+        self.use(target, step)
+        self.plan.steps.append(Step(UNPACK_KERNELS[bits], (source, target)))
+        return target
 
     def value(self, expr: relax.Expr) -> object:
         """The tensor id (or tuple of them) an argument expression denotes."""
@@ -130,10 +178,11 @@ class _Builder:
         kernel, args = call.args[0], call.args[1]
         if len(call.args) > 2:
             raise TargetError(f"cortex-m: kernel {kernel.name_hint} takes symbolic shape arguments")
-        step = len(self.plan.steps)
         inputs = [self.value(a) for a in args.fields]
         if any(isinstance(i, tuple) for i in inputs):
             raise TargetError(f"cortex-m: kernel {kernel.name_hint} takes a tuple argument")
+        inputs = [self.unpacked(t) for t in inputs]
+        step = len(self.plan.steps)
         ty = call.ty_args[0]
         fields = ty.fields if isinstance(ty, relax.TupleType) else [ty]
         outputs = [
@@ -167,9 +216,9 @@ class _Builder:
             self.env[var] = self.value(value)
 
 
-def plan(main: relax.Function, workspace: dict[str, int]) -> Plan:
+def plan(main: relax.Function, workspace: dict[str, int], pack_weights: bool = True) -> Plan:
     """Walk ``main``; place every arena buffer (see the module docstring)."""
-    builder = _Builder(workspace)
+    builder = _Builder(workspace, pack_weights)
     result = builder.plan
     for i, param in enumerate(main.params):
         builder.env[param] = builder.new_buffer("input", *_tensor_type(param.ty, param.name), i)
@@ -179,7 +228,7 @@ def plan(main: relax.Function, workspace: dict[str, int]) -> Plan:
         for binding in block.bindings:
             builder.bind(binding.var, binding.value)
     returned = builder.value(body.body)
-    returned = list(returned) if isinstance(returned, tuple) else [returned]
+    returned = [builder.unpacked(t) for t in (returned if isinstance(returned, tuple) else [returned])]
     _place_outputs(builder, returned)
     result.arena_bytes = _place_arena(result.buffers)
     return result

@@ -25,7 +25,7 @@ from qcompiler.qmath import quantize
 from qcompiler.targets import InputMismatchError, get_target
 from qcompiler.targets.cortex_m import BOARDS, SOURCES
 from qcompiler.targets.cortex_m._kernels import fuse, kernel_source
-from qcompiler.targets.cortex_m._plan import ARENA_ALIGN, plan
+from qcompiler.targets.cortex_m._plan import ARENA_ALIGN, PACK_MIN_VALUES, UNPACK_KERNELS, pack_codes, plan
 from qcompiler.targets.relax_lowering import lower
 from tests.e2e.zoo import REPO, build_tiny_cnn
 
@@ -171,7 +171,7 @@ def tiny_region(tiny_quantized):
     return tiny_quantized[0].region()
 
 
-def _fashion_quantized(folder: Path, model_file: str):
+def _fashion_quantized(folder: Path, model_file: str, weight_bits: int = 8):
     """A bundled Fashion-MNIST model quantized for batch 1, with two test images as integer feeds."""
     data = pytest.importorskip("examples.fashion_mnist.data")
     if not data.DATA_DIR.is_dir():
@@ -179,7 +179,8 @@ def _fashion_quantized(folder: Path, model_file: str):
     calibration = folder / "calib.npz"
     data.write_calibration_npz(calibration, n=128)
     model = REPO / "examples" / "fashion_mnist" / model_file
-    quantized = quantize_model(model, calibration, CompileConfig(input_shapes={"input": (1, 1, 28, 28)}))
+    config = CompileConfig(input_shapes={"input": (1, 1, 28, 28)}, weight_bits=weight_bits)
+    quantized = quantize_model(model, calibration, config)
     images, _ = data.load_split("test")
     samples = data.preprocess(images[[0, 4321]])[:, None]
     return quantized, _integer_feeds(quantized.int_model, samples)
@@ -327,3 +328,72 @@ def test_c_tree_rebuilds_with_its_own_makefile(tmp_path):
     elf.unlink()
     subprocess.run(["make", "-s", "-C", str(tree)], check=True, capture_output=True, timeout=300)
     assert elf.is_file() and (tree / "libqcmodel.a").is_file()
+
+
+# ---- sub-8-bit weights packed in flash ---------------------------------------------------------------------
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """What the generated C does (``_emit._unpack_kernel``), in numpy."""
+    per_byte, half = 8 // bits, 1 << (bits - 1)
+    i = np.arange(count)
+    codes = (packed[i // per_byte].astype(np.int32) >> ((i % per_byte) * bits)) & ((1 << bits) - 1)
+    return ((codes ^ half) - half).astype(np.int8)
+
+
+@pytest.mark.parametrize("bits", sorted(UNPACK_KERNELS))
+@pytest.mark.parametrize("count", [1, 7, 64, 1001])
+def test_packing_round_trips_every_value_of_the_range(bits, count):
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    values = np.random.default_rng(count).integers(low, high + 1, count).astype(np.int8)
+    values[: min(count, 2)] = [low, high][: min(count, 2)]
+    packed = pack_codes(values, bits)
+    assert packed.dtype == np.uint8 and len(packed) == -(-count * bits // 8)
+    assert np.array_equal(_unpack(packed, bits, count), values)
+
+
+def _weight_model(values: np.ndarray):
+    """``y = x @ W`` in int32, W an int8 constant: the constant the plan may pack."""
+    return region([node("MatMulInteger", ["x", "w"], ["y"])], {"x": ("int8", (1, values.shape[0]))}, ["y"],
+                  {"w": values})
+
+
+@pytest.mark.parametrize(("high", "bits"), [(1, 2), (7, 4), (8, 8)])
+def test_the_plan_unpacks_a_narrow_constant_just_before_its_kernel(high, bits):
+    values = np.random.default_rng(0).integers(-high, high + 1, (16, 8)).astype(np.int8)
+    assert values.size >= PACK_MIN_VALUES
+    module = fuse(lower(_weight_model(values)))
+    for pack in (True, False):
+        graph = plan(module["main"], {}, pack_weights=pack)
+        _assert_plan_is_sound(graph)
+        kernels = [step.kernel for step in graph.steps]
+        if pack and bits < 8:
+            assert kernels[0] == UNPACK_KERNELS[bits] and len(kernels) == 2
+            (stored,) = [c for c in graph.constants if c.dtype == np.uint8]
+            assert np.array_equal(_unpack(stored, bits, values.size), values.reshape(-1))
+            unpacked = graph.buffers[graph.tensors[graph.steps[0].args[1]].buffer]
+            assert unpacked.kind == "arena" and (unpacked.first, unpacked.last) == (0, 1)
+        else:
+            assert not set(kernels) & set(UNPACK_KERNELS.values())
+            assert any(c.dtype == np.int8 and c.size == values.size for c in graph.constants)
+
+
+@pytest.fixture(scope="module")
+def fashion_w4_quantized(tmp_path_factory):
+    return _fashion_quantized(tmp_path_factory.mktemp("fashion_w4"), "cnn.onnx", weight_bits=4)
+
+
+@needs_tools
+@pytest.mark.parametrize("name", ["cortex-m4", "cortex-m55"])
+def test_4_bit_weights_take_half_the_flash_and_stay_bit_exact(name, fashion_w4_quantized, tmp_path,
+                                                               record_property):
+    quantized, feeds = fashion_w4_quantized
+    packed = _compile_and_compare(name, quantized, feeds, tmp_path / "packed")
+    plain = _compile_and_compare(name, quantized, feeds, tmp_path / "plain", pack_weights=False)
+    _record(record_property, packed)
+    assert packed["packed_weights"] >= 7 and plain["packed_weights"] == 0
+    saved = plain["weights_bytes"] - packed["weights_bytes"]
+    assert saved > 0.4 * plain["weights_bytes"]  # the conv and head weights are most of the constants
+    assert plain["flash_bytes"] - packed["flash_bytes"] >= 0.9 * saved  # the unpack code is small
+    print(json.dumps({"name": name, "flash": [plain["flash_bytes"], packed["flash_bytes"]],
+                      "ram": [plain["ram_bytes"], packed["ram_bytes"]]}))
