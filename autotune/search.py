@@ -26,6 +26,7 @@ must match, ``search.json``). At the end the directory holds::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -120,6 +121,7 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
             progress("search", len(measured), expected)
         return trial
 
+    @functools.cache  # the ILP point of every recipe uses the one measurement
     def sensitivities() -> Sensitivity:
         return _sensitivity(evaluator, base, widths, sensitivity, log, progress)
 
