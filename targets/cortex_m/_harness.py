@@ -4,16 +4,28 @@ The image reads each input from the host file ``in<i>.bin`` and writes each outp
 (semihosting, relative to the emulator's working directory), so one ELF serves any number of runs. It
 paints the stack before ``main`` and prints how much of it was used, then exits through semihosting
 (status 0 only when every kernel succeeded).
+
+**Instruction counts.** The image times ``qc_run_buffers`` with SysTick (the processor clock, 24-bit,
+no interrupt: nothing is pushed on the model's stack), then times a calibration loop of exactly
+:data:`CALIBRATION_INSTRUCTIONS` instructions the same way, and prints both tick counts. Under
+``qemu-system-arm -icount shift=0`` the virtual clock advances one nanosecond per guest instruction and
+SysTick counts that clock at the board's frequency, so ``ticks * CALIBRATION_INSTRUCTIONS /
+calibration_ticks`` is the model's instruction count (to about one SysTick period, e.g. 40 instructions
+at 25 MHz; deterministic from run to run). These are instructions, not cycles: qemu has no timing model.
+A run longer than one SysTick wrap (2^24 ticks, ~670 M instructions at 25 MHz) prints no count.
 """
 
 from __future__ import annotations
 
 from qcompiler.targets._runtime import TensorSpec
 
-__all__ = ["STACK_PAINT", "linker_script", "main_c", "makefile", "startup_c"]
+__all__ = ["CALIBRATION_INSTRUCTIONS", "STACK_PAINT", "linker_script", "main_c", "makefile", "startup_c"]
 
 #: the word the startup code fills the stack with (to measure its high-water mark).
 STACK_PAINT = 0xA5A5A5A5
+#: iterations of the calibration loop; each is two instructions (``subs``, ``bne``).
+_CALIBRATION_ITERATIONS = 1 << 21
+CALIBRATION_INSTRUCTIONS = 2 * _CALIBRATION_ITERATIONS
 
 
 def startup_c() -> str:
@@ -61,6 +73,29 @@ __attribute__((noreturn)) void Reset_Handler(void) {{
   qc_exit(main() == 0);
 }}
 
+/* SysTick as a tick counter (see the module docstring of qc's _harness): processor clock, no interrupt. */
+#define QC_SYST ((volatile uint32_t *)0xE000E010u) /* CSR, RVR, CVR */
+void qc_ticks_start(void) {{
+  QC_SYST[0] = 0;
+  QC_SYST[1] = 0xFFFFFFu;
+  QC_SYST[2] = 0;
+  QC_SYST[0] = 5u; /* enable, processor clock */
+  while (QC_SYST[2] == 0u) {{
+  }} /* the first tick loads RVR */
+}}
+
+/* Ticks since qc_ticks_start, or 0xFFFFFFFF when the counter wrapped (COUNTFLAG). */
+uint32_t qc_ticks(void) {{
+  uint32_t now = QC_SYST[2], csr = QC_SYST[0];
+  QC_SYST[0] = 0;
+  return (csr & (1u << 16)) ? 0xFFFFFFFFu : 0xFFFFFFu - now;
+}}
+
+void qc_calibration_loop(void) {{
+  uint32_t n = {_CALIBRATION_ITERATIONS}u;
+  __asm__ volatile("1: subs %0, %0, #1\\n\\tbne 1b" : "+r"(n) : : "cc");
+}}
+
 __attribute__((noreturn)) void qc_fault(void) {{
   qc_puts("qc: fault (HardFault/MemManage/BusFault/UsageFault)\\n");
   qc_exit(0);
@@ -101,6 +136,9 @@ def main_c(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> str:
 int qc_semihost(int op, void *arg);
 void qc_puts(const char *text);
 uint32_t qc_stack_used(void);
+void qc_ticks_start(void);
+uint32_t qc_ticks(void);
+void qc_calibration_loop(void);
 
 {chr(10).join(buffers)}
 
@@ -141,7 +179,9 @@ int main(void) {{
   const void *const inputs[{max(len(inputs), 1)}] = {{{ins}}};
   void *const outputs[{len(outputs)}] = {{{outs}}};
 {read}
+  qc_ticks_start();
   int rc = qc_run_buffers(inputs, outputs);
+  uint32_t ticks = qc_ticks();
   if (rc != 0) {{
     qc_put_uint("qc: kernel ", (uint32_t)(rc - 1));
     qc_puts(" failed: ");
@@ -150,6 +190,12 @@ int main(void) {{
     return 1;
   }}
 {write}
+  qc_ticks_start();
+  qc_calibration_loop();
+  uint32_t calibration = qc_ticks();
+  qc_put_uint("qc: ticks=", ticks);
+  qc_put_uint(" calibration_ticks=", calibration);
+  qc_puts("\\n");
   qc_put_uint("qc: ok stack_used=", qc_stack_used());
   qc_puts("\\n");
   return 0;

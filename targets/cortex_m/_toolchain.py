@@ -11,6 +11,7 @@ import shutil
 import subprocess
 
 from qcompiler.errors import TargetError
+from qcompiler.targets.cortex_m._harness import CALIBRATION_INSTRUCTIONS
 
 __all__ = [
     "EmulatorRun",
@@ -102,19 +103,24 @@ def section_sizes(elf: pathlib.Path) -> dict[str, int]:
 
 
 class EmulatorRun:
-    """What one emulated run printed (its console), and the stack it used."""
+    """What one emulated run printed (its console), the stack it used, and the model's instruction count
+    under ``-icount`` (None when the run was too long to count; see :mod:`._harness`). Instructions, not
+    cycles."""
 
     def __init__(self, console: str):
         self.console = console
         match = re.search(r"stack_used=(\d+)", console)
         self.stack_used = int(match.group(1)) if match else None
+        ticks = re.search(r"ticks=(\d+) calibration_ticks=(\d+)", console)
+        counted = ticks and 0xFFFFFFFF not in (int(ticks[1]), int(ticks[2])) and int(ticks[2]) > 0
+        self.instructions = round(int(ticks[1]) * CALIBRATION_INSTRUCTIONS / int(ticks[2])) if counted else None
 
 
 def emulate(elf: pathlib.Path, machine: str, cpu: str, workdir: pathlib.Path, timeout: float) -> EmulatorRun:
     """Run ``elf`` on ``machine`` with semihosting in ``workdir``; a non-zero exit or a timeout raises."""
     command = [
         EMULATOR, "-M", machine, "-cpu", cpu, "-nographic", "-monitor", "none", "-serial", "none",
-        "-semihosting-config", "enable=on,target=native", "-kernel", str(elf.resolve()),
+        "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(elf.resolve()),
     ]  # fmt: skip
     try:
         done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)

@@ -24,8 +24,10 @@ from qcompiler.model_io import boundary
 from qcompiler.qmath import quantize
 from qcompiler.targets import InputMismatchError, get_target
 from qcompiler.targets.cortex_m import BOARDS, SOURCES
+from qcompiler.targets.cortex_m._harness import CALIBRATION_INSTRUCTIONS
 from qcompiler.targets.cortex_m._kernels import fuse, kernel_source
 from qcompiler.targets.cortex_m._plan import ARENA_ALIGN, PACK_MIN_VALUES, UNPACK_KERNELS, pack_codes, plan
+from qcompiler.targets.cortex_m._toolchain import EmulatorRun
 from qcompiler.targets.relax_lowering import lower
 from tests.e2e.zoo import REPO, build_tiny_cnn
 
@@ -397,3 +399,31 @@ def test_4_bit_weights_take_half_the_flash_and_stay_bit_exact(name, fashion_w4_q
     assert plain["flash_bytes"] - packed["flash_bytes"] >= 0.9 * saved  # the unpack code is small
     print(json.dumps({"name": name, "flash": [plain["flash_bytes"], packed["flash_bytes"]],
                       "ram": [plain["ram_bytes"], packed["ram_bytes"]]}))
+
+
+# ---- instruction counts under qemu -icount -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("console", "instructions"), [
+    ("qc: ticks=100 calibration_ticks=104857\nqc: ok stack_used=8", round(100 * CALIBRATION_INSTRUCTIONS / 104857)),
+    ("qc: ticks=4294967295 calibration_ticks=104857\nqc: ok stack_used=8", None),  # SysTick wrapped
+    ("qc: ok stack_used=8", None),
+])
+def test_instruction_count_is_read_from_the_console(console, instructions):
+    assert EmulatorRun(console).instructions == instructions
+
+
+@needs_tools
+@pytest.mark.parametrize("name", ["cortex-m4", "cortex-m55"])
+def test_instruction_counts_are_deterministic_and_grow_with_the_work(name, tiny_quantized, fashion_quantized,
+                                                                      tmp_path):
+    target = get_target(name)
+    counts = {}
+    for label, (quantized, feeds) in {"tiny": tiny_quantized, "fashion": fashion_quantized}.items():
+        info = json.loads(json.dumps(target.compile(quantized.region(), tmp_path / label)))
+        runs = [target.emulate(tmp_path / label, info, feeds[0])[1] for _ in range(2)]
+        assert runs[0].instructions == runs[1].instructions and runs[0].instructions > 0
+        counts[label] = runs[0].instructions
+    # the Fashion CNN's Conv/MatMul layers do 2,311,712 multiply-accumulates at batch 1 (each at least one
+    # instruction in scalar code); the tiny CNN's 16x16 input is far less work
+    assert counts["fashion"] > 10 * counts["tiny"] and counts["fashion"] > 2_311_712
