@@ -102,7 +102,7 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
     evaluator = CandidateEvaluator(model, calibration, evaluation, base, samples, mantissa_bits)
     total = base_cost(objective, evaluator, base)
     limit = budget_limit(objective, budget, evaluator, base)
-    space = _recipe_space(evaluator, base, objective, budget) if method in RECIPE_METHODS else None
+    space = _recipe_space(evaluator, base, objective, budget, limit) if method in RECIPE_METHODS else None
     expected = min(trials, space.size) if space is not None else -1
     measured: list[dict] = []
 
@@ -158,15 +158,14 @@ def _best(trials: list[dict]) -> dict:
     return max(trials, key=lambda t: (t["score"]["metric"], -t["score"]["rel_l2"]))
 
 
-def _recipe_space(evaluator: CandidateEvaluator, base: CompileConfig, objective: str,
-                  budget: float) -> recipes.RecipeSpace:
+def _recipe_space(evaluator: CandidateEvaluator, base: CompileConfig, objective: str, budget: float,
+                  limit: float) -> recipes.RecipeSpace:
     """The model's recipe space for ``qc search``: whole calibration set; the uniform widths whose cost fits
-    ``budget``, and the ILP point when the budget is below the base cost."""
+    ``limit`` (the cost of ``budget``), and the ILP point when the budget is below the base cost."""
     space = recipes.recipe_space(recipes.model_features(evaluator), budget_point=budget < 1)
-    limit = budget_limit(objective, budget, evaluator, base) * (1 + 1e-9)
     bits = next(d for d in space.dimensions if d.name == "bits")
     fits = [choice for choice in bits.choices if choice == recipes.ILP_BITS
-            or base_cost(objective, evaluator, recipes.recipe_config(base, {"bits": choice})) <= limit]
+            or base_cost(objective, evaluator, recipes.recipe_config(base, {"bits": choice})) <= limit * (1 + 1e-9)]
     if not fits:
         raise QcError(f"no recipe fits the budget {budget:g}: even the narrowest uniform widths cost more than "
                       f"that fraction of the base config's {objective}")
@@ -177,7 +176,7 @@ def _search_recipes(space, evaluator, base, objective, limit, measure, sensitivi
                     prior) -> list[dict]:
     """Run the recipe search over ``space``, measuring each recipe with ``measure``; the refused recipes."""
     def metric(recipe: dict) -> float:
-        config = recipes.recipe_config(base, {k: v for k, v in recipe.items() if v != recipes.ILP_BITS})
+        config = recipes.recipe_config(base, recipe)  # bits=ilp sets no field: the ILP below sets the widths
         fields = {"recipe": recipe, "model": space.model}
         if recipe["bits"] == recipes.ILP_BITS:
             config, facts = ilp_config(width_problem(evaluator, sensitivities(), objective, config), limit, config)
@@ -192,11 +191,8 @@ def _prior_trials(directories) -> list[dict]:
     """The recipe trials of earlier searches in ``directories``, as :func:`recipes.search` takes them."""
     found = []
     for directory in map(Path, directories):
-        path = directory / "trials.jsonl"
-        lines = path.read_text().splitlines() if path.is_file() else []
-        trials = [json.loads(line) for line in lines if line.strip().endswith("}")]
         usable = [{"recipe": t["recipe"], "metric": t["score"]["metric"], "error": None, "model": t["model"]}
-                  for t in trials if "recipe" in t]
+                  for t in _read_trials(directory / "trials.jsonl") if "recipe" in t]
         if not usable:
             raise QcError(f"prior {directory} holds no recipe trials: give the -o directory of an earlier "
                           f"qc search --method {'|'.join(RECIPE_METHODS)}")
@@ -257,6 +253,18 @@ def _pareto(trials: list[dict]) -> list[dict]:
     return front
 
 
+def _read_trials(path: Path) -> list[dict]:
+    """The trials of a ``trials.jsonl`` (none if it does not exist), without a line an interruption cut off
+    (not valid JSON: its config is measured again)."""
+    trials = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            trials.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return trials
+
+
 class _TrialLog:
     """The output directory of one search: an append-only trial log plus the final files."""
 
@@ -274,15 +282,7 @@ class _TrialLog:
         directory.mkdir(parents=True, exist_ok=True)
         settings_path.write_text(json.dumps({"settings": settings}, indent=1))
         self.settings = settings
-        self.known = {}
-        if self.trials_path.exists():
-            for line in self.trials_path.read_text().splitlines():
-                if line.strip():  # a line cut by an interruption is not valid JSON: measure it again
-                    try:
-                        trial = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    self.known[trial["key"]] = trial
+        self.known = {trial["key"]: trial for trial in _read_trials(self.trials_path)}
 
     def get(self, config: CompileConfig) -> dict | None:
         return self.known.get(_key(config))

@@ -131,6 +131,11 @@ def exhaustive_table(name: str) -> dict:
     return table
 
 
+def best_metric(table: dict) -> float:
+    """The exhaustive best metric of a table (refused recipes aside)."""
+    return max(e["metric"] for e in table["entries"].values() if e["metric"] is not None)
+
+
 def replayed_metrics(name: str, tables: dict, method: str, objective: str, seed: int,
                      transfer: bool) -> list[float]:
     """The metrics, in measurement order, of a search replaying ``tables[name]`` until it comes within
@@ -138,7 +143,7 @@ def replayed_metrics(name: str, tables: dict, method: str, objective: str, seed:
     table = tables[name]
     entries = table["entries"]
     space = recipe_space(table["model"]).fix(**table["fixed"])
-    best = max(e["metric"] for e in entries.values() if e["metric"] is not None)
+    best = best_metric(table)
 
     def replay(recipe: dict) -> float:
         entry = entries[space.key(recipe)]
@@ -185,7 +190,7 @@ def main() -> None:
     replay_start = time.perf_counter()
     for name, table in tables.items():
         budget = table["size"] // 10
-        best = max(e["metric"] for e in table["entries"].values() if e["metric"] is not None)
+        best = best_metric(table)
         for label, method, objective in SEARCHERS:
             for transfer in (False, True) if method in ("xgboost", "genetic") else (False,):
                 runs = [replayed_metrics(name, tables, method, objective, seed, transfer) for seed in range(args.seeds)]

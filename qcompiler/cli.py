@@ -241,9 +241,7 @@ def search(
 
     require_model_file(model)
     check_target_name(target)
-    for name, path in (("--calib", calib), ("--eval", eval_data)):
-        if not path.is_file():
-            raise QcError(f"{name} file '{path}' does not exist or is not a file")
+    _require_files(("--calib", calib), ("--eval", eval_data))
     try:
         chosen_widths = tuple(int(w) for w in widths.split(","))
     except ValueError:
@@ -272,6 +270,13 @@ def search(
         out.print(f"refused recipe {failure['recipe']}: {failure['error']}")
     out.print(f"chosen: {output / 'chosen.json'} -> qc compile {model} --calib {calib} --config "
               f"{output / 'chosen.json'} -o out/")
+
+
+def _require_files(*options: tuple[str, Path]) -> None:
+    """Refuse the first ``(option, path)`` whose path is not a file."""
+    for name, path in options:
+        if not path.is_file():
+            raise QcError(f"{name} file '{path}' does not exist or is not a file")
 
 
 def _width_counts(trial: dict) -> str:
@@ -351,9 +356,7 @@ def inspect(artifact: Annotated[Path, typer.Argument(help="artifact directory")]
     if eval_data is not None or model is not None or calib is not None:
         if not errors or None in (eval_data, model, calib):
             raise QcError("recomputing per-layer errors takes --errors with all of --eval, --model and --calib")
-        for name, path in (("--eval", eval_data), ("--model", model), ("--calib", calib)):
-            if not path.is_file():
-                raise QcError(f"{name} file '{path}' does not exist or is not a file")
+        _require_files(("--eval", eval_data), ("--model", model), ("--calib", calib))
         from qcompiler.layer_errors import artifact_layer_errors
 
         report["layer_errors"] = artifact_layer_errors(artifact, manifest, model, calib, eval_data)

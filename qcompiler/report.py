@@ -45,8 +45,10 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_m
     for node in int_model.graph.node:
         owner = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
         integer_ops[owner].append(f"{node.domain + '.' if node.domain else ''}{node.op_type}")
+    float_nodes = list(float_model.graph.node)
+    producer = {out: i for i, n in enumerate(float_nodes) for out in n.output}
     nodes = []
-    for node in float_model.graph.node:
+    for node in float_nodes:
         output = node.output[0]
         entry = {"name": node.name, "op_type": node.op_type, "integer_ops": integer_ops.get(node.name, [])}
         if output in params:
@@ -54,7 +56,7 @@ def build_report(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, int_m
             if output in ranges:
                 entry["output"]["range"] = [float(ranges[output][0]), float(ranges[output][1])]
         if not entry["integer_ops"]:
-            entry["fused_into"] = _fused_owner(float_model, node, integer_ops)
+            entry["fused_into"] = _fused_owner(float_nodes, producer, node, integer_ops)
         if node.name in methods:
             entry["integer_method"] = methods[node.name]
         if layer_bits and node.name in layer_bits:
@@ -79,13 +81,13 @@ def _blocks(nodes: list[dict]) -> list[dict]:
     return [{"block": name or "(outside blocks)", "nonlinear": entries} for name, entries in blocks.items()]
 
 
-def _fused_owner(model: onnx.ModelProto, node: onnx.NodeProto, integer_ops: dict) -> str:
+def _fused_owner(nodes: list[onnx.NodeProto], producer: dict[str, int], node: onnx.NodeProto,
+                 integer_ops: dict) -> str:
     """The nearest producer of ``node`` that owns integer ops (a Relu fused into its Conv, a bias Add into its
     MatMul, the Mul of ``x * Sigmoid(x)`` into the Sigmoid's table, ...), following, from each node, the input
     computed last in graph order (the graph is topologically sorted, so that input's producer is the one
-    closest to the node: for ``x * Sigmoid(x)`` the Sigmoid, not the producer of ``x``)."""
-    nodes = list(model.graph.node)
-    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    closest to the node: for ``x * Sigmoid(x)`` the Sigmoid, not the producer of ``x``). ``nodes``: the float
+    graph's nodes in order; ``producer``: output name -> index in ``nodes``."""
     current = node
     while sources := [producer[name] for name in current.input if name in producer]:
         current = nodes[max(sources)]
