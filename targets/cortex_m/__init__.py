@@ -34,12 +34,12 @@ from qcompiler.targets._runtime import (
     TensorSpec,
     region_signature,
 )
-from qcompiler.targets.cortex_m import _emit, _harness, _toolchain
+from qcompiler.targets.cortex_m import _emit, _harness, _simd, _toolchain
 from qcompiler.targets.cortex_m._kernels import KernelSource, fuse, kernel_source
 from qcompiler.targets.cortex_m._plan import UNPACK_KERNELS, Plan, plan
 from qcompiler.targets.relax_lowering import lower
 
-__all__ = ["BOARDS", "Board", "CortexM4Target", "CortexM55Target", "CortexM7Target", "CortexMTarget"]
+__all__ = ["BOARDS", "ELF", "PROFILE_ELF", "Board", "CortexM4Target", "CortexM55Target", "CortexM7Target", "CortexMTarget"]
 
 _KB, _MB = 1 << 10, 1 << 20
 
@@ -55,6 +55,7 @@ class Board:
     flash: tuple[int, int]  # (origin, bytes): code, constants, .data image
     ram: tuple[int, int]  # (origin, bytes): stack, .data, .bss (arena)
     constants: tuple[int, int] | None = None  # (origin, bytes): a separate flash for .rodata (weights)
+    dot_product: str = "smlad"  # what qc_simd.c's dot product runs on for this core ("mve": Helium, then SMLAD)
 
     @property
     def flash_bytes(self) -> int:
@@ -76,19 +77,20 @@ BOARDS = {
     # FPU/MVE is enabled at reset.
     "cortex-m55": Board(
         "cortex-m55", "thumbv8.1m.main-none-eabihf", "-mcpu=cortex-m55 -mthumb -mfloat-abi=hard",
-        "mps3-an547", (0x00000000, 512 * _KB), (0x20000000, 512 * _KB), (0x28000000, 8 * _MB),
+        "mps3-an547", (0x00000000, 512 * _KB), (0x20000000, 512 * _KB), (0x28000000, 8 * _MB), "mve",
     ),
 }  # fmt: skip
 
 #: the files of the C tree, relative to the library directory (build outputs aside).
-SOURCES = ("model.h", "model.c", "kernels.c", "weights.h", "weights.c", "main.c", "startup.c", "board.ld",
-           "Makefile")  # fmt: skip
+SOURCES = ("model.h", "model.c", "kernels.c", _simd.SIMD_HEADER, _simd.SIMD_SOURCE, "weights.h", "weights.c",
+           "main.c", "startup.c", "board.ld", "Makefile")  # fmt: skip
 #: headers copied from the tvm / tvm-ffi wheels, so the tree builds without Python.
 _HEADERS = {
     "tvm_ffi": ("dlpack/dlpack.h", "tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h"),
     "tvm": ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h"),
 }
 ELF = "qc_model.elf"
+PROFILE_ELF = "qc_profile.elf"
 _EMULATION_TIMEOUT = 120.0
 _SIZE_SUFFIX = {"": 1, "k": _KB, "kb": _KB, "m": _MB, "mb": _MB}
 
@@ -132,7 +134,10 @@ class CortexMTarget(Target):
     :mod:`~qcompiler.targets.cortex_m._plan`): sub-8-bit weights then really take less flash, at the price
     of RAM for the largest unpacked weight alive at once.
 
-    No SIMD dot product is used: the kernels are TVM's plain C loops (no SMLAD / MVE intrinsics yet).
+    ``simd`` (default True): integer convolutions and constant-weight matrix products run on qc's
+    dot-product kernels (:mod:`~qcompiler.targets.cortex_m._simd`): ``dot_product`` is "smlad" (M4, M7) or
+    "mve" (M55: Helium, then SMLAD for the rest of K); False keeps TVM's scalar C loops for them
+    (``dot_product`` None). The other kernels are TVM's scalar C.
     qc's requantization multiplies in int64, which a Cortex-M does in several 32-bit multiplies: exact,
     not cheap.
     """
@@ -140,7 +145,7 @@ class CortexMTarget(Target):
     name: str = "cortex-m"
     triple: str = dataclasses.field(init=False, default="")
     native_int_widths: tuple[int, ...] = (8, 16, 32)
-    dot_product: str | None = None
+    dot_product: str | None = dataclasses.field(init=False, default=None)
     cheap_int64_multiply: bool = False
     requant_mantissa_bits: int = 31
     runs_on_host: bool = False
@@ -151,6 +156,7 @@ class CortexMTarget(Target):
     flash_limit: int | None = option(default=None)
     arg_checks: bool = option(default=True)
     pack_weights: bool = option(default=True)
+    simd: bool = option(default=True)
 
     def __post_init__(self) -> None:
         if self.name not in BOARDS:
@@ -163,6 +169,8 @@ class CortexMTarget(Target):
         object.__setattr__(self, "flash_limit", _parse_bytes(self.flash_limit, "flash_limit"))
         object.__setattr__(self, "arg_checks", _parse_bool(self.arg_checks, "arg_checks"))
         object.__setattr__(self, "pack_weights", _parse_bool(self.pack_weights, "pack_weights"))
+        object.__setattr__(self, "simd", _parse_bool(self.simd, "simd"))
+        object.__setattr__(self, "dot_product", board.dot_product if self.simd else None)
 
     @property
     def board(self) -> Board:
@@ -183,7 +191,7 @@ class CortexMTarget(Target):
         directory = pathlib.Path(out_dir) / self.library_name
         inputs, outputs = run_step(self.name, "signature", progress, lambda: region_signature(region))
         module = run_step(self.name, "lower", progress, lambda: lower(region))
-        module = run_step(self.name, "fuse", progress, lambda: fuse(module))
+        module = run_step(self.name, "fuse", progress, lambda: fuse(module, self.simd))
         kernels = run_step(self.name, "codegen", progress, lambda: kernel_source(module, self.arg_checks))
         graph = run_step(self.name, "plan", progress, lambda: plan(module["main"], kernels.workspace, self.pack_weights))
         if progress is not None:
@@ -203,6 +211,8 @@ class CortexMTarget(Target):
             "arena_bytes": graph.arena_bytes,
             "weights_bytes": int(sum(c.nbytes for c in graph.constants)),
             "packed_weights": sum(step.kernel in UNPACK_KERNELS.values() for step in graph.steps),
+            "simd_kernels": sum(step.kernel.startswith(_simd.KERNEL_PREFIX) for step in graph.steps),
+            "steps": [{"kernel": step.kernel, "reads_from": graph.producers(i)} for i, step in enumerate(graph.steps)],
             "io_bytes": int(sum(_nbytes(s) for s in [*inputs, *outputs])),
         }
         missing = _toolchain.missing_tools(_toolchain.BUILD_TOOLS)
@@ -233,6 +243,8 @@ class CortexMTarget(Target):
             "model.h": _emit.model_h(inputs, outputs, graph),
             "model.c": _emit.model_c(graph, names, inputs, outputs),
             "kernels.c": kernels.text,
+            _simd.SIMD_HEADER: _simd.simd_h(),
+            _simd.SIMD_SOURCE: _simd.simd_c(),
             "weights.h": _emit.weights_h(graph),
             "weights.c": _emit.weights_c(graph),
             "main.c": _harness.main_c(inputs, outputs),
@@ -265,7 +277,7 @@ class CortexMTarget(Target):
                 f"{ram} bytes of RAM): {'; '.join(overflow)}"
             ) from err
         floats = _toolchain.float_uses(
-            [directory / "build" / f"{n}.o" for n in ("model", "kernels", "weights")]
+            [directory / "build" / f"{n}.o" for n in ("model", "kernels", "qc_simd", "weights")]
         )
         if floats:
             raise TargetError(f"cortex-m: the compiled model uses floating point: {', '.join(floats[:10])}")
@@ -327,20 +339,26 @@ class CortexMTarget(Target):
         library_info: dict,
         inputs: Mapping[str, np.ndarray],
         timeout: float = _EMULATION_TIMEOUT,
+        profile: bool = False,
     ) -> tuple[list[np.ndarray], _toolchain.EmulatorRun]:
-        """:meth:`run_emulated`, also returning the console and the measured stack use."""
+        """:meth:`run_emulated`, also returning the console and the measured stack use; with ``profile``, run
+        the profiling image instead (built on first use), whose run also counts each kernel call's
+        instructions (``EmulatorRun.step_instructions``, one per entry of the library info's ``steps``)."""
         in_specs, out_specs = (
             [TensorSpec.from_json(d) for d in library_info[k]] for k in ("inputs", "outputs")
         )
         _check_inputs(in_specs, inputs)
         elf = pathlib.Path(out_dir) / library_info["elf"]
         missing = _toolchain.missing_tools((_toolchain.EMULATOR,))
-        if not elf.is_file():
+        if not elf.is_file() or profile:
             missing += _toolchain.missing_tools(_toolchain.BUILD_TOOLS)
         if missing:
             raise TargetError(f"{self.name}: cannot emulate without {', '.join(missing)} on PATH")
         if not elf.is_file():
             self._build(elf.parent)
+        if profile:
+            _toolchain.build(elf.parent, "profile")
+            elf = elf.parent / PROFILE_ELF
         with tempfile.TemporaryDirectory(prefix="qc-qemu-") as scratch:
             work = pathlib.Path(scratch)
             for i, spec in enumerate(in_specs):

@@ -98,6 +98,7 @@ def model_h(inputs: list[TensorSpec], outputs: list[TensorSpec], plan: Plan) -> 
 
 #define QC_NUM_INPUTS {len(inputs)}
 #define QC_NUM_OUTPUTS {len(outputs)}
+#define QC_NUM_STEPS {len(plan.steps)} /* kernel calls per run */
 {newline.join(sizes)}
 #define QC_ARENA_BYTES {plan.arena_bytes}u /* static, in model.c: no malloc */
 
@@ -206,6 +207,14 @@ def model_c(plan: Plan, kernels: list[str], inputs: list[TensorSpec], outputs: l
         '#include "model.h"',
         '#include "weights.h"',
         "",
+        "/* Built with -DQC_PROFILE_STEPS (make profile), qc_step_done(step) runs after each kernel call. */",
+        "#ifdef QC_PROFILE_STEPS",
+        "void qc_step_done(int step);",
+        "#define QC_STEP_DONE(step) qc_step_done(step)",
+        "#else",
+        "#define QC_STEP_DONE(step) ((void)0)",
+        "#endif",
+        "",
         *(f"int32_t __tvm_ffi_{k}(void *self, void *args, int32_t num_args, void *ret);" for k in kernels),
         *(_unpack_kernel(b) for b, k in sorted(UNPACK_KERNELS.items()) if any(s.kernel == k for s in plan.steps)),
         "",
@@ -254,6 +263,7 @@ def model_c(plan: Plan, kernels: list[str], inputs: list[TensorSpec], outputs: l
             out.append("  qc_workspace(NULL, 0);")
         out.append(f"  if (__tvm_ffi_{step.kernel}(NULL, (void *)qc_args_{s}, {len(step.args)}, &ret) != 0) "
                    f"return {s + 1};")  # fmt: skip
+        out.append(f"  QC_STEP_DONE({s});")
     for source, target in plan.copies:
         buffer = plan.buffers[plan.tensors[target].buffer]
         out.append(f"  memcpy(outputs[{buffer.index}], ({ref(source)})->data, {buffer.nbytes}u);")

@@ -13,6 +13,10 @@ SysTick counts that clock at the board's frequency, so ``ticks * CALIBRATION_INS
 calibration_ticks`` is the model's instruction count (to about one SysTick period, e.g. 40 instructions
 at 25 MHz; deterministic from run to run). These are instructions, not cycles: qemu has no timing model.
 A run longer than one SysTick wrap (2^24 ticks, ~670 M instructions at 25 MHz) prints no count.
+
+**Per-kernel counts.** ``make profile`` builds ``qc_profile.elf``: the same image with ``model.c`` compiled
+with ``-DQC_PROFILE_STEPS``, so the counter is read after every kernel call; it also prints the ticks of
+each step (``step_ticks=...``). The reads add a few instructions per step to that image only.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ void qc_ticks_start(void) {{
   }} /* the first tick loads RVR */
 }}
 
+/* The counter itself (it counts down from 0xFFFFFF). */
+uint32_t qc_tick_value(void) {{ return QC_SYST[2]; }}
+
 /* Ticks since qc_ticks_start, or 0xFFFFFFFF when the counter wrapped (COUNTFLAG). */
 uint32_t qc_ticks(void) {{
   uint32_t now = QC_SYST[2], csr = QC_SYST[0];
@@ -139,6 +146,16 @@ uint32_t qc_stack_used(void);
 void qc_ticks_start(void);
 uint32_t qc_ticks(void);
 void qc_calibration_loop(void);
+uint32_t qc_tick_value(void);
+
+#ifdef QC_PROFILE
+/* the counter before the first kernel and after each (model.c built with -DQC_PROFILE_STEPS) */
+static uint32_t qc_marks[QC_NUM_STEPS + 1];
+void qc_step_done(int step) {{ qc_marks[step + 1] = qc_tick_value(); }}
+#define QC_MARK_START() (qc_marks[0] = qc_tick_value())
+#else
+#define QC_MARK_START() ((void)0)
+#endif
 
 {chr(10).join(buffers)}
 
@@ -180,6 +197,7 @@ int main(void) {{
   void *const outputs[{len(outputs)}] = {{{outs}}};
 {read}
   qc_ticks_start();
+  QC_MARK_START();
   int rc = qc_run_buffers(inputs, outputs);
   uint32_t ticks = qc_ticks();
   if (rc != 0) {{
@@ -196,6 +214,11 @@ int main(void) {{
   qc_put_uint("qc: ticks=", ticks);
   qc_put_uint(" calibration_ticks=", calibration);
   qc_puts("\\n");
+#ifdef QC_PROFILE
+  qc_puts("qc: step_ticks=");
+  for (int s = 0; s < QC_NUM_STEPS; ++s) qc_put_uint(s ? "," : "", qc_marks[s] - qc_marks[s + 1]);
+  qc_puts("\\n");
+#endif
   qc_put_uint("qc: ok stack_used=", qc_stack_used());
   qc_puts("\\n");
   return 0;
@@ -268,6 +291,7 @@ def makefile(cpu: str, cpu_flags: str) -> str:
     """The Makefile: ``make`` builds qc_model.elf (test image) and libqcmodel.a (model only)."""
     return f"""# qc: build the model for {cpu} with arm-none-eabi-gcc (generated).
 #   make                  -> qc_model.elf (semihosting test image) and libqcmodel.a (model only)
+#   make profile          -> qc_profile.elf (the test image, also timing each kernel call)
 #   make CPU_FLAGS=...    -> another core of the same family
 CC      = arm-none-eabi-gcc
 AR      = arm-none-eabi-ar
@@ -281,7 +305,7 @@ CFLAGS  = $(CPU_FLAGS) $(OPT) -std=gnu11 -ffunction-sections -fdata-sections -fs
 LDFLAGS = $(CPU_FLAGS) -nostartfiles --specs=nano.specs -Wl,--gc-sections -Wl,-T,board.ld \\
           -Wl,--defsym=__stack_size=$(STACK_SIZE) -Wl,-Map=build/qc_model.map
 
-MODEL   = model.c kernels.c weights.c
+MODEL   = model.c kernels.c qc_simd.c weights.c
 HARNESS = main.c startup.c
 MODEL_OBJS   = $(MODEL:%.c=build/%.o)
 HARNESS_OBJS = $(HARNESS:%.c=build/%.o)
@@ -290,7 +314,7 @@ all: qc_model.elf libqcmodel.a
 
 objects: $(MODEL_OBJS) $(HARNESS_OBJS)
 
-build/%.o: %.c model.h weights.h | build
+build/%.o: %.c model.h weights.h qc_simd.h | build
 \t$(CC) $(CFLAGS) -c $< -o $@
 
 build:
@@ -300,11 +324,25 @@ qc_model.elf: $(MODEL_OBJS) $(HARNESS_OBJS) board.ld
 \t$(CC) $(LDFLAGS) $(MODEL_OBJS) $(HARNESS_OBJS) -o $@
 \t$(SIZE) -A $@
 
+# the test image that also times every kernel call (make profile; prints step_ticks=...)
+PROFILE_OBJS = build/model_profile.o $(filter-out build/model.o,$(MODEL_OBJS)) build/main_profile.o build/startup.o
+
+build/model_profile.o: model.c model.h weights.h | build
+\t$(CC) $(CFLAGS) -DQC_PROFILE_STEPS -c $< -o $@
+
+build/main_profile.o: main.c model.h | build
+\t$(CC) $(CFLAGS) -DQC_PROFILE -c $< -o $@
+
+profile: qc_profile.elf
+
+qc_profile.elf: $(PROFILE_OBJS) board.ld
+\t$(CC) $(LDFLAGS) $(PROFILE_OBJS) -o $@
+
 libqcmodel.a: $(MODEL_OBJS)
 \t$(AR) rcs $@ $^
 
 clean:
-\trm -rf build qc_model.elf libqcmodel.a
+\trm -rf build qc_model.elf qc_profile.elf libqcmodel.a
 
-.PHONY: all objects clean
+.PHONY: all objects profile clean
 """

@@ -19,6 +19,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.schedule import ScheduleError
 
 from qcompiler.errors import TargetError
+from qcompiler.targets.cortex_m._simd import legalizations
 
 __all__ = ["C_TARGET", "KernelSource", "fuse", "kernel_source"]
 
@@ -33,11 +34,20 @@ _ALLOC_CALL = re.compile(r"TVMBackendAllocWorkspace\(")
 _ALLOC_SIZE = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL, ")
 
 
-def fuse(module: tvm.IRModule) -> tvm.IRModule:
-    """Legalize and fuse as TVM's CPU pipeline does; reshapes become views; every PrimFunc is inlined."""
+def fuse(module: tvm.IRModule, simd: bool = False) -> tvm.IRModule:
+    """Legalize and fuse as TVM's CPU pipeline does; reshapes become views; every PrimFunc is inlined.
+
+    With ``simd``, integer convolutions and constant-weight matrix products become calls of the SIMD
+    kernels of :mod:`~qcompiler.targets.cortex_m._simd` (opaque to fusion: their int32 result feeds the
+    fused requantization kernel).
+    """
+    legalize, *rest = legalize_passes(C_TARGET)
+    if simd:
+        legalize = relax.transform.LegalizeOps(customize_legalize_map=legalizations())
     with C_TARGET:
         passes = [
-            *legalize_passes(C_TARGET),
+            legalize,
+            *rest,
             relax.transform.RewriteDataflowReshape(),
             relax.transform.DeadCodeElimination(),
         ]

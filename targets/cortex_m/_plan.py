@@ -101,6 +101,11 @@ class Plan:
     constants: list[np.ndarray]
     arena_bytes: int = 0
 
+    def producers(self, step: int) -> list[int]:
+        """The earlier steps whose results step ``step`` reads (ascending)."""
+        firsts = {self.buffers[self.tensors[t].buffer].first for t in self.steps[step].args}
+        return sorted(f for f in firsts if 0 <= f < step)
+
 
 def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     bits = tvm.DataType(dtype).bits

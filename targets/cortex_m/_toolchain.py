@@ -57,7 +57,7 @@ def build(directory: pathlib.Path, goal: str, timeout: float = 600) -> None:
 
 def stack_bytes(build_dir: pathlib.Path) -> int:
     """Worst-case stack from gcc's ``.su`` files: the reset-to-kernel path, the deepest kernel, the deepest
-    helper a kernel calls, and a margin for library code; rounded up to 256 bytes."""
+    helper a kernel calls (error reporting, workspace, a SIMD kernel), and a margin for library code; rounded up to 256 bytes."""
     frames: dict[str, int] = {}
     for su in build_dir.glob("*.su"):
         for line in su.read_text().splitlines():
@@ -68,7 +68,8 @@ def stack_bytes(build_dir: pathlib.Path) -> int:
     kernels = [size for name, size in frames.items() if name.startswith("__tvm_ffi_")]
     total = sum(frames.get(name, 0) for name in _CALL_PATH)
     error_path = frames.get("TVMFFIErrorSetRaisedFromCStrParts", 0) + frames.get("qc_append", 0)
-    total += max(kernels, default=0) + max(error_path, frames.get("TVMBackendAllocWorkspace", 0))
+    simd = max((size for name, size in frames.items() if name.startswith("qc_simd_")), default=0)
+    total += max(kernels, default=0) + max(error_path, frames.get("TVMBackendAllocWorkspace", 0), simd)
     total += _LIBRARY_STACK
     return -(-total // 256) * 256
 
@@ -104,8 +105,8 @@ def section_sizes(elf: pathlib.Path) -> dict[str, int]:
 
 class EmulatorRun:
     """What one emulated run printed (its console), the stack it used, and the model's instruction count
-    under ``-icount`` (None when the run was too long to count; see :mod:`._harness`). Instructions, not
-    cycles."""
+    under ``-icount`` (None when the run was too long to count; see :mod:`._harness`); from the profiling
+    image also the count of each kernel call (``step_instructions``, else None). Instructions, not cycles."""
 
     def __init__(self, console: str):
         self.console = console
@@ -113,7 +114,12 @@ class EmulatorRun:
         self.stack_used = int(match.group(1)) if match else None
         ticks = re.search(r"ticks=(\d+) calibration_ticks=(\d+)", console)
         counted = ticks and 0xFFFFFFFF not in (int(ticks[1]), int(ticks[2])) and int(ticks[2]) > 0
-        self.instructions = round(int(ticks[1]) * CALIBRATION_INSTRUCTIONS / int(ticks[2])) if counted else None
+        scale = CALIBRATION_INSTRUCTIONS / int(ticks[2]) if counted else None
+        self.instructions = round(int(ticks[1]) * scale) if counted else None
+        steps = re.search(r"step_ticks=([\d,]*)", console)
+        self.step_instructions = (
+            [round(int(t) * scale) for t in steps[1].split(",") if t] if counted and steps else None
+        )
 
 
 def emulate(elf: pathlib.Path, machine: str, cpu: str, workdir: pathlib.Path, timeout: float) -> EmulatorRun:
