@@ -30,13 +30,18 @@ Protocol (compare numbers within one run: these shared 2-core machines are noisy
   fraction of MatMulInteger's GOP/s.
 * Every table row is also printed as one line "JSON {...}", failures and skipped runners included.
 
+* qc_tuned (with --tune-trials N): ``qc tune`` on the model (the --tune-kernels slowest generic kernels,
+  N MetaSchedule trials each, databases cached under ~/.cache/qc/tuning and resumed), then qc compiled
+  with that database; its preparation time includes the tuning.
+
     .venv/bin/python -m benchmarks.speed [--models fashion_cnn bert] [--threads 1 2] [--rounds 30]
-                                         [--no-gemm | --gemm-only]
+                                         [--no-gemm | --gemm-only] [--tune-trials 32 --tune-kernels 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -167,10 +172,36 @@ def _ort_int8_dynamic(model: Path, bench: Bench, workdir: Path) -> Path:
     return out
 
 
-def _qc(model: Path, bench: Bench, workdir: Path) -> Path:
+def _qc(model: Path, bench: Bench, workdir: Path, tuning_db: Path | None = None) -> Path:
     import qcompiler
 
-    return qcompiler.compile(model, target="x86", calibration=bench.calibration).save(workdir / "qc")
+    options = {"target_options": {"tuning_db": str(tuning_db)}} if tuning_db else {}
+    artifact = qcompiler.compile(model, target="x86", calibration=bench.calibration, **options)
+    return artifact.save(workdir / ("qc_tuned" if tuning_db else "qc"))
+
+
+#: where the qc_tuned runner keeps each model's tuning database (resumed by later runs).
+TUNING_CACHE = Path.home() / ".cache" / "qc" / "tuning"
+
+
+def _qc_tuned(trials: int, kernels: int) -> Callable[[Path, Bench, Path], Path]:
+    """qc compiled with the schedules ``qc tune`` finds (``trials`` per kernel, the ``kernels`` slowest
+    generic kernels) in the model's cached database; the tuning time counts as its preparation."""
+
+    def prepare(model: Path, bench: Bench, workdir: Path) -> Path:
+        import qcompiler
+
+        digest = hashlib.sha256(bench.path.read_bytes()).hexdigest()[:12]
+        db = TUNING_CACHE / f"{bench.path.stem}-{digest}-t{trials}-k{kernels}"
+        report = qcompiler.tune(model, bench.calibration, db, trials=trials, kernels=kernels)
+        for row in (r for r in report["kernels"] if r["model"] == report["model"]):
+            print(f"    tuned {row['kernel'][:60]}: {row['status']}"
+                  + (f", {row['speedup']:.2f}x vs default" if "speedup" in row else ""), flush=True)
+        if not report["records"]:
+            raise RuntimeError(f"qc tune kept no schedule in {db} (see tune.json there): nothing tuned to run")
+        return _qc(model, bench, workdir, db)
+
+    return prepare
 
 
 @dataclass(frozen=True)
@@ -188,8 +219,14 @@ RUNNERS = (
     Runner("ort_int8_static", "ort", _ort_int8_static),
     Runner("ort_int8_dynamic", "ort", _ort_int8_dynamic),
     Runner("qc", "qc", _qc),
-    Runner("qc_tuned", "qc", skip="no tuning yet"),  # placeholder: schedule tuning is a later issue
 )
+
+
+def _runners(tune_trials: int, tune_kernels: int) -> tuple[Runner, ...]:
+    """:data:`RUNNERS` and qc_tuned (skipped, with the reason, unless ``tune_trials`` > 0)."""
+    tuned = (Runner("qc_tuned", "qc", _qc_tuned(tune_trials, tune_kernels)) if tune_trials > 0
+             else Runner("qc_tuned", "qc", skip="pass --tune-trials N to tune (minutes per model)"))
+    return (*RUNNERS, tuned)
 
 
 # --- worker side ---------------------------------------------------------------------------------------
@@ -423,7 +460,7 @@ def _rel_l2(y: np.ndarray | None, reference: np.ndarray | None) -> float | None:
     return float(np.linalg.norm(y - reference) / np.linalg.norm(reference))
 
 
-def bench_model(name: str, threads: list[int], rounds: int) -> None:
+def bench_model(name: str, threads: list[int], rounds: int, runners: tuple[Runner, ...] = RUNNERS) -> None:
     """Prepare every runner of model ``name`` once, then measure and print it at each thread count."""
     print(f"\n{name}: preparing (onnxruntime quantization, qc compile) ...", flush=True)
     bench = MODELS[name]()
@@ -431,7 +468,7 @@ def bench_model(name: str, threads: list[int], rounds: int) -> None:
         workdir = Path(tmp)
         model = _static_batch1(bench.path, workdir)
         specs, unmeasured = [], {}
-        for runner in RUNNERS:
+        for runner in runners:
             if runner.skip:
                 unmeasured[runner.name] = Row(skipped=runner.skip)
                 continue
@@ -441,13 +478,13 @@ def bench_model(name: str, threads: list[int], rounds: int) -> None:
             except Exception as err:  # recorded as a failed row; the other runners go on
                 unmeasured[runner.name] = Row(error=f"prepare: {_describe(err)}")
             print(f"  {runner.name}: prepared in {time.perf_counter() - began:.1f} s", flush=True)
-        ort_names = {runner.name for runner in RUNNERS if runner.engine == "ort"}
+        ort_names = {runner.name for runner in runners if runner.engine == "ort"}
         for n in threads:
             rows = {**measure(specs, n, rounds, ort_names, output=True), **unmeasured}
             reference = rows["ort_fp32"].output
             records = [{"part": "model", "model": name, "threads": n, "runner": r.name, "rounds": rounds,
                         **rows[r.name].summary("ratio_vs_best_ort"),
-                        "rel_l2_vs_ort_fp32": _rel_l2(rows[r.name].output, reference)} for r in RUNNERS]
+                        "rel_l2_vs_ort_fp32": _rel_l2(rows[r.name].output, reference)} for r in runners]
             _print_table(f"{name}, {n} thread(s), batch 1, {rounds} interleaved rounds "
                          "(ratio = best onnxruntime time in the round / runner time)",
                          MODEL_COLUMNS, records)
@@ -518,6 +555,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--tune-trials", type=int, default=0, help="qc_tuned: MetaSchedule trials per kernel "
+                        "(0: skip qc_tuned)")
+    parser.add_argument("--tune-kernels", type=int, default=4, help="qc_tuned: how many slowest kernels to tune")
     gemm = parser.add_mutually_exclusive_group()
     gemm.add_argument("--no-gemm", action="store_true", help="skip the GEMM part")
     gemm.add_argument("--gemm-only", action="store_true", help="run the GEMM part only")
@@ -525,7 +565,7 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     if not args.gemm_only:
         for name in args.models:
-            bench_model(name, args.threads, args.rounds)
+            bench_model(name, args.threads, args.rounds, _runners(args.tune_trials, args.tune_kernels))
     if not args.no_gemm:
         bench_gemm(args.threads, args.rounds)
 

@@ -7,6 +7,7 @@ Public API (stable within a major version; everything else is private)::
     m = qcompiler.load("out/")
     y = m.run({"input": x})
     result = qcompiler.search("model.onnx", "calib.npz", "eval.npz", budget=0.6, output="search/")
+    report = qcompiler.tune("model.onnx", "calib.npz", "tuning/")   # then compile with tuning_db="tuning/"
 """
 
 import importlib
@@ -37,6 +38,7 @@ __all__ = [
     "compile",
     "load",
     "search",
+    "tune",
 ]
 __version__ = "0.1.0"
 
@@ -47,7 +49,7 @@ for _library in ("onnxscript", "onnx_ir"):
 
 #: public names imported on first use, with their modules (TVM and onnxruntime load with them).
 _LAZY = {"Artifact": "qcompiler.api", "Module": "qcompiler.api", "compile": "qcompiler.api", "load": "qcompiler.api",
-         "search": "qcompiler.autotune.search"}
+         "search": "qcompiler.autotune.search", "tune": "qcompiler.autotune.tune"}
 
 
 def __getattr__(name: str):

@@ -131,6 +131,8 @@ def compile(
                                                      "reparam"))] = None,
     config: Annotated[Path | None, typer.Option(help="JSON config (same keys as CompileConfig); flags given "
                                                 "on the command line override it")] = None,
+    tuning_db: Annotated[Path | None, typer.Option("--tuning-db", help="x86: tuned schedules from a `qc tune` "
+                                                   "database directory")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ) -> None:
     """Quantize MODEL with calibration data and compile it into an artifact directory."""
@@ -152,7 +154,8 @@ def compile(
     settings = base.replace(
         input_shapes={**base.input_shapes, **_parse_shapes(input_shape)},
         target_options={**base.target_options, **_parse_options(target_option),
-                        **{k: v for k, v in (("ram_limit", ram_limit), ("flash_limit", flash_limit)) if v is not None}},
+                        **{k: v for k, v in (("ram_limit", ram_limit), ("flash_limit", flash_limit),
+                                             ("tuning_db", tuning_db and str(tuning_db))) if v is not None}},
         **(_parse_bits(bits) if bits is not None else {}),
         **{k: v for k, v in given.items() if v is not None},
     )
@@ -270,6 +273,53 @@ def search(
         out.print(f"refused recipe {failure['recipe']}: {failure['error']}")
     out.print(f"chosen: {output / 'chosen.json'} -> qc compile {model} --calib {calib} --config "
               f"{output / 'chosen.json'} -o out/")
+
+
+@app.command()
+def tune(
+    model: Annotated[Path, typer.Argument(help="float ONNX model")],
+    calib: Annotated[Path, typer.Option("--calib", "--calibration", help=".npz keyed by input name (also the "
+                                        "samples every tuned kernel is checked bit-exact on)")],
+    db: Annotated[Path, typer.Option("--db", help="tuning database directory (resumed; written as TVM's JSON "
+                                     "database, plus tune.json)")] = Path("tuning"),
+    target: Annotated[str, typer.Option(help="target (x86)")] = "x86",
+    trials: Annotated[int, typer.Option(help="MetaSchedule trials per kernel")] = 32,
+    kernels: Annotated[int, typer.Option(help="how many of the slowest generic kernels to tune")] = 4,
+    samples: Annotated[int, typer.Option(help="calibration samples each tuned build is checked on")] = 4,
+    input_shape: Annotated[list[str], typer.Option("--input-shape", help="name=d0,d1,... for dynamic inputs")] = [],  # noqa: B006
+    target_option: Annotated[list[str], typer.Option("--target-option", help="key=value, e.g. mcpu=znver4")] = [],  # noqa: B006
+    config: Annotated[Path | None, typer.Option(help="JSON config the model is quantized with (as for compile)")] = None,
+) -> None:
+    """Tune the slowest generic kernels of MODEL's build with MetaSchedule into a database that
+    `qc compile --tuning-db` applies; each kept schedule is checked bit-exact first."""
+    from qcompiler.model_io import require_model_file
+    from qcompiler.targets import check_target_name
+
+    require_model_file(model)
+    check_target_name(target)
+    _require_files(("--calib", calib))
+    base = CompileConfig.load(config) if config else CompileConfig()
+    settings = base.replace(target=target, input_shapes={**base.input_shapes, **_parse_shapes(input_shape)},
+                            target_options={**base.target_options, **_parse_options(target_option)})
+    from qcompiler.autotune.tune import tune as run_tune
+
+    with _progress() as bar:
+        report = run_tune(model, calib, db, settings, trials=trials, kernels=kernels, samples=samples,
+                          progress=_bar_reporter(bar))
+    table = Table(title=f"qc tune -> {db}: {report['records']} schedule(s) in the database "
+                        f"(checked on {report['samples']} samples)")
+    for column in ("kernel", "calls", "default us", "tuned us", "speed-up", "status"):
+        table.add_column(column, justify="left" if column in ("kernel", "status") else "right")
+    for row in (r for r in report["kernels"] if r["model"] == report["model"]):  # this model's kernels
+        table.add_row(row["kernel"][:60], str(row["calls"]), _microseconds(row["default_seconds"]),
+                      _microseconds(row["tuned_seconds"]), f"{row['speedup']:.2f}x" if "speedup" in row else "-",
+                      row["status"])
+    out.print(table)
+    out.print(f"apply: qc compile {model} --calib {calib} --tuning-db {db} -o out_tuned/")
+
+
+def _microseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.2f}"
 
 
 def _require_files(*options: tuple[str, Path]) -> None:

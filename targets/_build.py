@@ -21,7 +21,7 @@ from qcompiler.targets._runtime import region_signature
 from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_module
 from qcompiler.targets.relax_lowering import lower
 
-__all__ = ["build_relax_library", "cpu_pipeline"]
+__all__ = ["build_relax_library", "cpu_pipeline", "fusion_passes"]
 
 _T = TypeVar("_T")
 
@@ -56,28 +56,53 @@ def _mark_kernels(module: tvm.IRModule, _context) -> tvm.IRModule:
     return module
 
 
-def cpu_pipeline() -> tvm.transform.Pass:
+def fusion_passes() -> list[tvm.transform.Pass]:
+    """The first half of :func:`cpu_pipeline`: the target's kernels marked, legalization and fusion. Its
+    result's unmarked PrimFuncs are the workloads a tuning database is keyed by."""
+    transform = tvm.relax.transform
+    return [
+        _mark_kernels,
+        tvm.relax.backend.DispatchSampling(),
+        tvm.relax.backend.DispatchSortScan(),
+        transform.DeadCodeElimination(),  # e.g. the widening Casts a kernel reads around
+        transform.LegalizeOps(),
+        transform.AnnotateTIROpPattern(),
+        transform.FoldConstant(),
+        transform.FuseOps(),
+        transform.FuseTIR(),
+    ]
+
+
+def _apply_database(tuning_db: pathlib.Path, tvm_target: tvm.target.Target) -> tvm.transform.Pass:
+    """MetaScheduleApplyDatabase, under the target it needs (the rest of the pipeline runs without one)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="qc_apply_tuning_db")
+    def apply(module: tvm.IRModule, _context) -> tvm.IRModule:
+        with tvm_target:
+            return tvm.relax.transform.MetaScheduleApplyDatabase(work_dir=str(tuning_db))(module)
+
+    return apply
+
+
+def cpu_pipeline(tuning_db: pathlib.Path | None = None, tvm_target: tvm.target.Target | None = None
+                 ) -> tvm.transform.Pass:  # fmt: skip
     """``tvm.compile``'s CPU lowering plus operator fusion (which its default CPU build leaves out).
 
     After legalization, chains of elementwise and injective ops, and a legalized reduction or convolution
     with the elementwise ops after it, become one TIR function each (FuseOps + FuseTIR), so their
-    intermediates never reach memory; each such function then gets the default parallel/vector schedule of
-    :mod:`~qcompiler.targets.cpu_schedule`. The target's own kernels (call_tir functions present before
-    legalization) stay opaque and as written. Neither step changes an integer operation, so the result
-    stays bit-exact.
+    intermediates never reach memory; each such function then gets its tuned schedule from ``tuning_db``
+    (a MetaSchedule JSON database of ``tvm_target``, see :mod:`~qcompiler.targets.tuning`) when that holds
+    one, else the
+    default parallel/vector schedule of :mod:`~qcompiler.targets.cpu_schedule`. The target's own kernels
+    (call_tir functions present before legalization) stay opaque and as written. No step changes an
+    integer operation, so the result stays bit-exact (and tuned schedules are checked before they are kept).
     """
     transform = tvm.relax.transform
+    tuned = [_apply_database(tuning_db, tvm_target)] if tuning_db else []
     return tvm.transform.Sequential(
         [
-            _mark_kernels,
-            tvm.relax.backend.DispatchSampling(),
-            tvm.relax.backend.DispatchSortScan(),
-            transform.DeadCodeElimination(),  # e.g. the widening Casts a kernel reads around
-            transform.LegalizeOps(),
-            transform.AnnotateTIROpPattern(),
-            transform.FoldConstant(),
-            transform.FuseOps(),
-            transform.FuseTIR(),
+            *fusion_passes(),
+            *tuned,
             schedule_module,
             transform.RewriteDataflowReshape(),
             transform.ToNonDataflow(),
@@ -102,6 +127,7 @@ def build_relax_library(
     library: pathlib.Path,
     progress: Progress | None = None,
     kernels: Mapping | None = None,
+    tuning_db: pathlib.Path | None = None,
     **export_options: Any,
 ) -> dict[str, Any]:
     """lower (with the target's ``kernels``) -> ``tvm.compile`` (:func:`cpu_pipeline`) -> ``export_library``
@@ -115,8 +141,9 @@ def build_relax_library(
     inputs, outputs = run_step(target_name, "signature", progress, lambda: region_signature(region))
     module = run_step(target_name, "lower", progress, lambda: lower(region, kernels))
     executable = run_step(
-        target_name, "build", progress, lambda: tvm.compile(module, target=tvm_target, relax_pipeline=cpu_pipeline())
-    )
+        target_name, "build", progress,
+        lambda: tvm.compile(module, target=tvm_target, relax_pipeline=cpu_pipeline(tuning_db, tvm_target)),
+    )  # fmt: skip
     library.parent.mkdir(parents=True, exist_ok=True)
     run_step(target_name, "export", progress, lambda: executable.export_library(str(library), **export_options))
     check_float_free(library, str(tvm_target.attrs["mtriple"]).split("-")[0])

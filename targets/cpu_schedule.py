@@ -21,10 +21,12 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-__all__ = ["KERNEL_ATTR", "schedule_default"]
+__all__ = ["KERNEL_ATTR", "TUNED_ATTR", "schedule_default"]
 
 #: function attribute marking a target's hand-scheduled kernel (left alone here).
 KERNEL_ATTR = "qc.kernel"
+#: function attribute MetaSchedule sets on a function whose schedule came from a tuning database.
+TUNED_ATTR = "tirx.is_scheduled"
 #: loop iterations (all loops of a block) below which a parallel loop costs more than it saves.
 _PARALLEL_GRAIN = 4096
 #: parallel iterations wanted, enough to balance the threads.
@@ -102,8 +104,9 @@ def schedule_default(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 @tvm.transform.module_pass(opt_level=0, name="qc_schedule_default")
 def schedule_module(module: tvm.IRModule, _context) -> tvm.IRModule:
-    """:func:`schedule_default` on every PrimFunc not marked :data:`KERNEL_ATTR`."""
+    """:func:`schedule_default` on every PrimFunc not marked :data:`KERNEL_ATTR` and not already scheduled
+    (``tirx.is_scheduled``: a tuned schedule applied from a database)."""
     for gv, func in list(module.functions_items()):
-        if isinstance(func, tirx.PrimFunc) and not func.attrs.get(KERNEL_ATTR, False):
+        if isinstance(func, tirx.PrimFunc) and not any(func.attrs.get(a, False) for a in (KERNEL_ATTR, TUNED_ATTR)):
             module[gv] = schedule_default(func)
     return module

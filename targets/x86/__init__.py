@@ -19,6 +19,7 @@ from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._runtime import CompiledModule
 from qcompiler.targets.int8_kernels import AVX2, AVX512_VNNI, AVX_VNNI
 from qcompiler.targets.int8_lowering import int8_kernels
+from qcompiler.targets.tuning import DATABASE_FILES, database_digest, record_count
 
 __all__ = ["X86Target"]
 
@@ -48,7 +49,9 @@ def _host_cpu() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class X86Target(Target):
-    """x86-64 with LLVM. Options: ``mcpu`` (default: this host's CPU), ``num_cores`` (default: all).
+    """x86-64 with LLVM. Options: ``mcpu`` (default: this host's CPU), ``num_cores`` (default: all),
+    ``tuning_db`` (a directory written by ``qc tune``: its schedules replace the default ones of the
+    kernels they match; see :mod:`~qcompiler.targets.tuning`).
 
     ``dot_product`` follows from ``mcpu``: "avx512-vnni", "avx-vnni", "avx2" (``vpmaddwd`` pairs) or None.
     """
@@ -63,6 +66,7 @@ class X86Target(Target):
     library_name: str = "model.so"
     mcpu: str = option(default_factory=_host_cpu)
     num_cores: int = option(default_factory=lambda: os.cpu_count() or 1)
+    tuning_db: str = option(default="")
 
     def __post_init__(self) -> None:
         if self.mcpu in ("", "generic", "native") or not codegen.llvm_is_valid_cpu(self.mcpu, self.triple):
@@ -74,6 +78,11 @@ class X86Target(Target):
             )
         if not isinstance(self.num_cores, int) or self.num_cores < 1:
             raise TargetError(f"x86: num_cores must be a positive integer, got {self.num_cores!r}")
+        if self.tuning_db and not (pathlib.Path(self.tuning_db) / DATABASE_FILES[0]).is_file():
+            raise TargetError(
+                f"x86: tuning_db={self.tuning_db!r} holds no tuning database ({DATABASE_FILES[0]} missing); "
+                "write one with qc tune"
+            )
         features = set(codegen.llvm_get_cpu_features(self.tvm_target()))
         dot = next((name for feature, name in _DOT_PRODUCTS if feature in features), None)
         object.__setattr__(self, "dot_product", dot)
@@ -92,12 +101,18 @@ class X86Target(Target):
     def compile(
         self, region: onnx.ModelProto, out_dir: pathlib.Path, progress: Progress | None = None
     ) -> dict:
-        """Lower (int8 GEMMs/convolutions on the dot-product kernels), build with TVM's CPU pipeline and
-        export ``out_dir / model.so``."""
-        return build_relax_library(
+        """Lower (int8 GEMMs/convolutions on the dot-product kernels), build with TVM's CPU pipeline (tuned
+        schedules from ``tuning_db``) and export ``out_dir / model.so``; with a database, the info records
+        its sha256 and record count."""
+        database = pathlib.Path(self.tuning_db) if self.tuning_db else None
+        info = build_relax_library(
             self.name, region, self.tvm_target(), pathlib.Path(out_dir) / self.library_name, progress,
-            kernels=self.kernels(),
-        )
+            kernels=self.kernels(), tuning_db=database,
+        )  # fmt: skip
+        if database:
+            info["tuning_db"] = {"path": str(database), "sha256": database_digest(database),
+                                 "records": record_count(database)}  # fmt: skip
+        return info
 
     def load(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
         """Load ``model.so`` into a Relax VM on the host CPU."""

@@ -78,6 +78,7 @@ def test_describe_is_the_json_capability_table():
         "library_name": "model.so",
         "mcpu": "znver4",
         "num_cores": 2,
+        "tuning_db": "",
     }
 
 

@@ -1,0 +1,150 @@
+"""``qc tune``: MetaSchedule schedules for the slowest generic kernels of a model's x86 build, each kept only
+after a whole-model build with it is bit-exact with the integer model on calibration samples.
+
+Steps: compile the model untuned (the same quantization as ``qc compile`` with the same config); time every
+kernel call on the first calibration sample (:meth:`~qcompiler.api.Module.profile`); take the ``kernels``
+slowest generic kernels (qc's hand-written int8 kernels are not tuned, see
+:mod:`~qcompiler.targets.tuning`) that the database does not hold yet; for each, search ``trials``
+schedules and time its default schedule with the same runner; the best schedule is kept in the database
+only when it is faster than the default and the model compiled with it (and no other tuned schedule)
+gives onnxruntime's outputs on the integer model for every sample. ``tune.json`` in the database directory lists every kernel tried, per model (file name and
+content hash: default and tuned seconds, speed-up, kept or why not); a rerun skips kernels already in the
+database (resumable) and keeps their rows. ``qc compile --tuning-db DIR`` applies the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from qcompiler.api import compile as compile_model
+from qcompiler.config import CompileConfig
+from qcompiler.errors import QcError
+from qcompiler.targets import get_target
+from qcompiler.targets import tuning as tvm_tuning
+from qcompiler.targets._base import Progress
+
+__all__ = ["REPORT", "tune"]
+
+#: the per-kernel results, next to the database files.
+REPORT = "tune.json"
+#: profile rounds that rank the kernels.
+_PROFILE_ROUNDS = 20
+
+
+def _sample_feeds(module, calibration, samples: int) -> list[dict[str, np.ndarray]]:
+    """The first ``samples`` calibration batches, each shaped as the compiled inputs (first axis = samples)."""
+    data = dict(np.load(calibration)) if isinstance(calibration, str | Path) else dict(calibration)
+    feeds = []
+    for i in range(samples):
+        feed = {}
+        for entry in module.inputs:
+            if entry["name"] not in data:
+                raise QcError(f"calibration data has no input '{entry['name']}' (it has {sorted(data)})")
+            batch = entry["shape"][0]
+            value = data[entry["name"]][i * batch:(i + 1) * batch]
+            if list(value.shape) != list(entry["shape"]):
+                break
+            feed[entry["name"]] = value
+        if len(feed) < len(module.inputs):
+            break
+        feeds.append(feed)
+    if not feeds:
+        raise QcError("calibration data holds no sample of the compiled input shape to check tuned kernels on")
+    return feeds
+
+
+def _exact_with(region, target, record, func, integer_feeds, expected, work: Path) -> bool:
+    """Whether the model built with ``record`` alone (a schedule of ``func``) matches ``expected``."""
+    single = work / "single-db"
+    shutil.rmtree(single, ignore_errors=True)
+    tvm_tuning.keep_record(single, func, record, target.tvm_target())
+    options = {name: getattr(target, name) for name in target.option_names()}
+    tuned = get_target(target.name, **{**options, "tuning_db": str(single)})
+    build = work / "single-build"
+    module = tuned.load(build, tuned.compile(region, build))
+    return all(
+        all(np.array_equal(g, w) for g, w in zip(module.run(feed), want, strict=True))
+        for feed, want in zip(integer_feeds, expected, strict=True)
+    )
+
+
+def tune(model, calibration, db: str | Path, config: CompileConfig | None = None, trials: int = 32,
+         kernels: int = 4, samples: int = 4, progress: Progress | None = None) -> dict:
+    """Tune ``model``'s slowest generic kernels into the database ``db`` (see the module docstring); returns
+    the report written to ``db / tune.json``."""
+    if trials < 1 or kernels < 1 or samples < 1:
+        raise QcError("--trials, --kernels and --samples must be positive")
+    config = config or CompileConfig()
+    if config.target != "x86":
+        raise QcError(f"qc tune supports --target x86 (not {config.target!r}): the other targets have no "
+                      "tunable TIR schedules here (Cortex-M builds C, CUDA and aarch64 runs need a device)")
+    options = {k: v for k, v in config.target_options.items() if k != "tuning_db"}
+    config = config.replace(target_options=options)
+    db = Path(db)
+    target = get_target(config.target, **options)
+    tvm_target = target.tvm_target()
+    artifact = compile_model(model, calibration=calibration, config=config, progress=progress)
+    module = artifact.module()
+    region = artifact.quantized.region()
+    feeds = _sample_feeds(module, calibration, samples)
+    integer_feeds = [module.quantize_inputs(f) for f in feeds]
+    reference = onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = [reference.run(None, f) for f in integer_feeds]
+    generic = tvm_tuning.generic_functions(region, target)
+    ranked = [(name, calls, seconds) for name, calls, seconds in module.profile(feeds[0], _PROFILE_ROUNDS)
+              if name in generic]  # fmt: skip
+    report_path = db / REPORT
+    previous = json.loads(report_path.read_text())["kernels"] if report_path.is_file() else []
+    rows = {(row["model"], row["kernel"]): row for row in previous}  # a database may serve several models
+    todo = [(n, c, s) for n, c, s in ranked if not tvm_tuning.has_record(db, generic[n], tvm_target)][:kernels]
+    with tempfile.TemporaryDirectory(prefix="qc-tune-") as scratch:
+        for index, (name, calls, _) in enumerate(todo):
+            if progress is not None:
+                progress("tune", index, len(todo))
+            func = generic[name]
+            record = tvm_tuning.tune_function(func, tvm_target, Path(scratch) / "search" / str(index), trials)
+            default = tvm_tuning.default_seconds(func, tvm_target)
+            row = {"model": _model_id(model), "kernel": name, "calls": calls, "trials": trials, "default_seconds": default,
+                   "tuned_seconds": float(record.run_secs[0]) if record is not None else None}
+            if default and row["tuned_seconds"]:
+                row["speedup"] = round(default / row["tuned_seconds"], 3)
+            if record is None:
+                row["status"] = "no candidate built and ran"
+            elif default is None:
+                row["status"] = "not kept: the default schedule did not run, nothing to compare with"
+            elif row["speedup"] <= 1.0:
+                row["status"] = "not kept: no faster than the default schedule"
+            elif _exact_with(region, target, record, func, integer_feeds, expected, Path(scratch)):
+                tvm_tuning.keep_record(db, func, record, tvm_target)
+                row["status"] = "kept"
+            else:
+                row["status"] = "refused: the model built with it is not bit-exact"
+            rows[row["model"], name] = row
+            _write_report(db, model, tvm_target, len(feeds), rows)  # after each kernel: resumable
+        if progress is not None:
+            progress("tune", len(todo), len(todo))
+    return _write_report(db, model, tvm_target, len(feeds), rows)
+
+
+def _model_id(model) -> str:
+    """``file.onnx:sha256-prefix`` (or ``model:...`` for a ModelProto): the same model in any directory."""
+    if isinstance(model, str | Path):
+        return f"{Path(model).name}:{hashlib.sha256(Path(model).read_bytes()).hexdigest()[:12]}"
+    return f"model:{hashlib.sha256(model.SerializeToString()).hexdigest()[:12]}"
+
+
+def _write_report(db: Path, model, tvm_target, samples: int, rows: dict) -> dict:
+    """``tune.json``; the database files exist afterwards even when no schedule was kept (then
+    ``qc compile --tuning-db`` applies nothing)."""
+    tvm_tuning.create_database(db)
+    report = {"model": _model_id(model), "target": str(tvm_target), "samples": samples,
+              "records": tvm_tuning.record_count(db), "kernels": list(rows.values())}  # every model's rows
+    (db / REPORT).write_text(json.dumps(report, indent=1) + "\n")
+    return report
