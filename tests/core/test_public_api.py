@@ -23,6 +23,7 @@ QCOMPILER_API = [
     "compile",
     "load",
     "search",
+    "tune",
 ]
 TARGETS_API = [
     "CompiledModule",
