@@ -7,9 +7,10 @@ slowest generic kernels (qc's hand-written int8 kernels are not tuned, see
 :mod:`~qcompiler.targets.tuning`) that the database does not hold yet; for each, search ``trials``
 schedules and time its default schedule with the same runner; the best schedule is kept in the database
 only when it is faster than the default and the model compiled with it (and no other tuned schedule)
-gives onnxruntime's outputs on the integer model for every sample. ``tune.json`` in the database directory lists every kernel tried, per model (file name and
-content hash: default and tuned seconds, speed-up, kept or why not); a rerun skips kernels already in the
-database (resumable) and keeps their rows. ``qc compile --tuning-db DIR`` applies the database.
+gives onnxruntime's outputs on the integer model for every sample. ``tune.json`` in the database
+directory lists every kernel tried, per model (file name and content hash: default and tuned seconds,
+speed-up, kept or why not); a rerun skips kernels already in the database (resumable) and keeps their
+rows. ``qc compile --tuning-db DIR`` applies the database.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
     generic = tvm_tuning.generic_functions(region, target)
     ranked = [(name, calls, seconds) for name, calls, seconds in module.profile(feeds[0], _PROFILE_ROUNDS)
               if name in generic]  # fmt: skip
+    model_id = _model_id(model)
     report_path = db / REPORT
     previous = json.loads(report_path.read_text())["kernels"] if report_path.is_file() else []
     rows = {(row["model"], row["kernel"]): row for row in previous}  # a database may serve several models
@@ -111,7 +113,7 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
             func = generic[name]
             record = tvm_tuning.tune_function(func, tvm_target, Path(scratch) / "search" / str(index), trials)
             default = tvm_tuning.default_seconds(func, tvm_target)
-            row = {"model": _model_id(model), "kernel": name, "calls": calls, "trials": trials, "default_seconds": default,
+            row = {"model": model_id, "kernel": name, "calls": calls, "trials": trials, "default_seconds": default,
                    "tuned_seconds": float(record.run_secs[0]) if record is not None else None}
             if default and row["tuned_seconds"]:
                 row["speedup"] = round(default / row["tuned_seconds"], 3)
@@ -126,11 +128,11 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
                 row["status"] = "kept"
             else:
                 row["status"] = "refused: the model built with it is not bit-exact"
-            rows[row["model"], name] = row
-            _write_report(db, model, tvm_target, len(feeds), rows)  # after each kernel: resumable
+            rows[model_id, name] = row
+            _write_report(db, model_id, tvm_target, len(feeds), rows)  # after each kernel: resumable
         if progress is not None:
             progress("tune", len(todo), len(todo))
-    return _write_report(db, model, tvm_target, len(feeds), rows)
+    return _write_report(db, model_id, tvm_target, len(feeds), rows)
 
 
 def _model_id(model) -> str:
@@ -140,11 +142,11 @@ def _model_id(model) -> str:
     return f"model:{hashlib.sha256(model.SerializeToString()).hexdigest()[:12]}"
 
 
-def _write_report(db: Path, model, tvm_target, samples: int, rows: dict) -> dict:
+def _write_report(db: Path, model_id: str, tvm_target, samples: int, rows: dict) -> dict:
     """``tune.json``; the database files exist afterwards even when no schedule was kept (then
     ``qc compile --tuning-db`` applies nothing)."""
     tvm_tuning.create_database(db)
-    report = {"model": _model_id(model), "target": str(tvm_target), "samples": samples,
+    report = {"model": model_id, "target": str(tvm_target), "samples": samples,
               "records": tvm_tuning.record_count(db), "kernels": list(rows.values())}  # every model's rows
     (db / REPORT).write_text(json.dumps(report, indent=1) + "\n")
     return report

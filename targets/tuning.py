@@ -59,6 +59,13 @@ def _workload(func: tirx.PrimFunc) -> tvm.IRModule:
     return tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(func)
 
 
+def _runner() -> ms.runner.LocalRunner:
+    """The runner that times both the tuning trials and the default schedule (so their times compare)."""
+    return ms.runner.LocalRunner(
+        timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    )
+
+
 @derived_object
 class InProcessBuilder(PyBuilder):
     """MetaSchedule's default build and export, in this process (see the module docstring for why)."""
@@ -83,12 +90,9 @@ def tune_function(func: tirx.PrimFunc, tvm_target: tvm.target.Target, work_dir: 
     for handler in list(logger.handlers):  # MetaSchedule re-configures logging by handler name on each
         if handler.get_name() is None:  # search and fails on an unnamed one (one it added itself earlier)
             logger.removeHandler(handler)
-    runner = ms.runner.LocalRunner(
-        timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
-    )
     database = ms.tune_tir(
         _workload(func), tvm_target, work_dir=str(work_dir), max_trials_global=trials,
-        num_trials_per_iter=min(trials, _TRIALS_PER_ROUND), builder=InProcessBuilder(), runner=runner, seed=seed,
+        num_trials_per_iter=min(trials, _TRIALS_PER_ROUND), builder=InProcessBuilder(), runner=_runner(), seed=seed,
     )  # fmt: skip
     return database.query_tuning_record(_workload(func), tvm_target, "main")
 
@@ -139,10 +143,7 @@ def default_seconds(func: tirx.PrimFunc, tvm_target: tvm.target.Target) -> float
     (built,) = InProcessBuilder().build([ms.builder.BuilderInput(scheduled, tvm_target)])
     if built.error_msg:
         return None
-    runner = ms.runner.LocalRunner(
-        timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
-    )
     args = ms.arg_info.ArgInfo.from_prim_func(func)
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
+    (future,) = _runner().run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
     result = future.result()
     return None if result.error_msg else float(result.run_secs[0])

@@ -87,12 +87,24 @@ static inline void qc_dot2_{_suffix(a_dtype, b_dtype)}(const {ta} *a, const {tb}
 }}"""
 
 
+def _conv2d_signature(a_dtype: str, b_dtype: str) -> str:
+    """The convolution kernel's C signature: as TVM's ``kernels.c`` declares it (non-const pointers, int32)."""
+    ta, tb, s = _C_TYPES[a_dtype], _C_TYPES[b_dtype], _suffix(a_dtype, b_dtype)
+    sizes = ", ".join(f"int32_t {v}" for v in ("batch", "c", "h", "wd", "o", "kh", "kw", "oh", "ow", "sh", "sw",
+                                               "ph", "pw", "dh", "dw", "groups"))
+    return f"int32_t qc_simd_conv2d_{s}({ta} *x, {tb} *w, int32_t *y, {ta} *col, {sizes})"
+
+
+def _matmul_signature(a_dtype: str, b_dtype: str) -> str:
+    """The matrix-product kernel's C signature (as :func:`_conv2d_signature`)."""
+    ta, tb, s = _C_TYPES[a_dtype], _C_TYPES[b_dtype], _suffix(a_dtype, b_dtype)
+    return f"int32_t qc_simd_matmul_{s}({ta} *a, {tb} *bt, int32_t *y, int32_t m, int32_t k, int32_t n)"
+
+
 def _conv2d(a_dtype: str, b_dtype: str) -> str:
     ta, tb, s = _C_TYPES[a_dtype], _C_TYPES[b_dtype], _suffix(a_dtype, b_dtype)
     return f"""
-int32_t qc_simd_conv2d_{s}({ta} *x, {tb} *w, int32_t *y, {ta} *col, int32_t batch, int32_t c,
-                        int32_t h, int32_t wd, int32_t o, int32_t kh, int32_t kw, int32_t oh, int32_t ow,
-                        int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t dh, int32_t dw, int32_t groups) {{
+{_conv2d_signature(a_dtype, b_dtype)} {{
   const int32_t cg = c / groups, og = o / groups, k = cg * kh * kw, plane = oh * ow;
   for (int32_t n = 0; n < batch; ++n) {{
     for (int32_t g = 0; g < groups; ++g) {{
@@ -125,9 +137,9 @@ int32_t qc_simd_conv2d_{s}({ta} *x, {tb} *w, int32_t *y, {ta} *col, int32_t batc
 
 
 def _matmul(a_dtype: str, b_dtype: str) -> str:
-    ta, tb, s = _C_TYPES[a_dtype], _C_TYPES[b_dtype], _suffix(a_dtype, b_dtype)
+    ta, s = _C_TYPES[a_dtype], _suffix(a_dtype, b_dtype)
     return f"""
-int32_t qc_simd_matmul_{s}({ta} *a, {tb} *bt, int32_t *y, int32_t m, int32_t k, int32_t n) {{
+{_matmul_signature(a_dtype, b_dtype)} {{
   for (int32_t i = 0; i < m; ++i) {{
     const {ta} *row = a + i * k;
     int32_t *out = y + i * n, j = 0, last;
@@ -139,15 +151,7 @@ int32_t qc_simd_matmul_{s}({ta} *a, {tb} *bt, int32_t *y, int32_t m, int32_t k, 
 
 
 def _prototypes() -> list[str]:
-    lines = []
-    for a, b in _PAIRS:
-        ta, tb, s = _C_TYPES[a], _C_TYPES[b], _suffix(a, b)
-        lines.append(f"int32_t qc_simd_conv2d_{s}({ta} *x, {tb} *w, int32_t *y, {ta} *col, int32_t batch, "
-                     "int32_t c, int32_t h, int32_t wd, int32_t o, int32_t kh, int32_t kw, int32_t oh, int32_t ow, "
-                     "int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t dh, int32_t dw, int32_t groups);")
-        lines.append(f"int32_t qc_simd_matmul_{s}({ta} *a, {tb} *bt, int32_t *y, int32_t m, int32_t k, "
-                     "int32_t n);")
-    return lines
+    return [f"{signature(a, b)};" for a, b in _PAIRS for signature in (_conv2d_signature, _matmul_signature)]
 
 
 def simd_h() -> str:
