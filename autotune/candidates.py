@@ -36,6 +36,7 @@ from qcompiler.evaluate import batches, evaluation_arrays
 from qcompiler.ir import const_array
 from qcompiler.qmath import packed_bytes
 from qcompiler.quant_plan import input_groups, linear_layers
+from qcompiler.reference import integer_session
 
 __all__ = ["Layer", "Score", "CandidateEvaluator"]
 
@@ -134,7 +135,7 @@ class CandidateEvaluator:
         """The first output of ``model`` on every evaluation batch, concatenated along the sample axis."""
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # normalized float models keep initializers that folding made unused
-        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = integer_session(model, options)
         name = session.get_outputs()[0].name
         return np.concatenate([session.run([name], feeds)[0] for feeds in self.feeds]).astype(np.float64)
 

@@ -138,6 +138,7 @@ def prepare_model(name: str, out: Path, fatbin: bool, cpu_dry_run: bool = False)
     import qcompiler
     from qcompiler.model_io import boundary
     from qcompiler.qmath import quantize
+    from qcompiler.reference import exact_for_onnxruntime
     from qcompiler.targets.cuda import check
 
     rng = np.random.default_rng(0)
@@ -149,7 +150,8 @@ def prepare_model(name: str, out: Path, fatbin: bool, cpu_dry_run: bool = False)
     folder.mkdir(parents=True, exist_ok=True)
     info = artifact.library_info
     shutil.copyfile(artifact.build_dir / info["library"], folder / info["library"])  # model.cu is inside it
-    onnx.save(artifact.quantized.region(), str(folder / "region.onnx"))
+    # saved with the rewrite that makes onnxruntime's CPU reference exact on any host (qcompiler.reference)
+    onnx.save(exact_for_onnxruntime(artifact.quantized.region()), str(folder / "region.onnx"))
     onnx.save(artifact.quantized.float_model, str(folder / "float.onnx"))
     inputs, outputs = boundary(artifact.quantized.int_model)
     feeds = [

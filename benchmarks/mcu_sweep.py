@@ -39,6 +39,7 @@ from qcompiler.config import CompileConfig
 from qcompiler.driver import quantize_model
 from qcompiler.model_io import boundary
 from qcompiler.qmath import quantize
+from qcompiler.reference import integer_session
 from qcompiler.targets import get_target
 from qcompiler.targets.cortex_m._simd import KERNEL_PREFIX
 
@@ -63,7 +64,7 @@ def quantized(model: str, weight_bits: int):
 
 
 def _exact(region, feed: dict, got: list[np.ndarray]) -> bool:
-    session = onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = integer_session(region)
     return all(np.array_equal(g, w) for g, w in zip(got, session.run(None, feed), strict=True))
 
 

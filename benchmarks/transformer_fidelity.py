@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import onnx
-import onnxruntime
 
 import qcompiler
 from benchmarks.vit_ablation import MODEL as FASHION_VIT
@@ -27,6 +26,7 @@ from examples.fashion_mnist.data import load_split, preprocess
 from examples.transformers import export
 from qcompiler.config import CompileConfig
 from qcompiler.driver import quantize_model
+from qcompiler.reference import integer_session
 
 
 def bert_cosines() -> np.ndarray:
@@ -34,7 +34,7 @@ def bert_cosines() -> np.ndarray:
     model = export.ensure_model("bert")
     shapes = {"input_ids": (1, export.SEQ_LEN), "attention_mask": (1, export.SEQ_LEN)}
     quantized = quantize_model(model, export.bert_inputs(64, seed=0), CompileConfig(input_shapes=shapes))
-    sessions = [onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sessions = [integer_session(m)
                 for m in (onnx.load(model), quantized.int_model)]
     data = export.bert_inputs(64, seed=2)
     cosines = []

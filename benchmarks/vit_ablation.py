@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
 from examples.fashion_mnist.data import load_split, preprocess
 from qcompiler.config import CompileConfig
 from qcompiler.driver import quantize_model
+from qcompiler.reference import integer_session
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist" / "vit.onnx"
 BATCH = 100
@@ -29,7 +29,7 @@ BATCH = 100
 
 def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of an ONNX model (proto) on ``images`` in batches of :data:`BATCH`."""
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = integer_session(model)
     name = session.get_inputs()[0].name
     predictions = [session.run(None, {name: images[i:i + BATCH]})[0].argmax(1) for i in range(0, len(images), BATCH)]
     return float((np.concatenate(predictions) == labels).mean())

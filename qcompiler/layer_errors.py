@@ -30,6 +30,7 @@ from qcompiler.errors import ArtifactError, CalibrationError
 from qcompiler.evaluate import batches, evaluation_arrays
 from qcompiler.passes._qdq import BITS_KEY
 from qcompiler.qmath import code_range, dequantize
+from qcompiler.reference import integer_session
 
 __all__ = ["COLUMNS", "artifact_layer_errors", "layer_errors", "sqnr_db", "sqnr_text", "table_rows"]
 
@@ -96,7 +97,7 @@ def _session(model: onnx.ModelProto, names: list[str]) -> onnxruntime.InferenceS
     copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in present)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return integer_session(copy, options)
 
 
 def _feeds(float_model: onnx.ModelProto, data: str | Path | dict, samples: int) -> list[dict[str, np.ndarray]]:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from onnx import numpy_helper
 
 from qcompiler.intops import DOMAIN, VERSION, function_protos
+from qcompiler.reference import integer_session
 
 #: Hypothesis settings of every property test here: derandomized (same examples every run), no database.
 PROPERTY = settings(
@@ -43,5 +44,5 @@ def ir_model(graph_text: str, **initializers: np.ndarray) -> ir.Model:
 
 
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``proto``."""
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    """An onnxruntime CPU session for ``proto`` (integer ops exact on every CPU: qcompiler.reference)."""
+    return integer_session(proto)

@@ -10,6 +10,7 @@ import onnxruntime
 import pytest
 
 import qcompiler
+from qcompiler.reference import integer_session
 from qcompiler.targets import set_num_threads
 from qcompiler.verify import integer_region_problems
 from tests.e2e.conftest import compile_light
@@ -19,8 +20,7 @@ from tests.e2e.zoo import LIGHT_MODELS
 def assert_bit_exact(artifact, feeds: list[dict], emulate: bool = False) -> None:
     """Zero differing elements between the compiled module and onnxruntime on the integer region."""
     module = artifact.module(emulate=emulate)
-    reference = onnxruntime.InferenceSession(artifact.quantized.region().SerializeToString(),
-                                             providers=["CPUExecutionProvider"])
+    reference = integer_session(artifact.quantized.region())
     for feed in feeds:
         ints = module.quantize_inputs(feed)
         compiled = module.run_integer(ints)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime
 import pytest
 
 import qcompiler
+from qcompiler.reference import integer_session
 from qcompiler.verify import integer_region_problems
 from tests.e2e.test_bit_exact import assert_bit_exact
 
@@ -64,7 +64,7 @@ def test_bert_cosine_to_float(bert_artifact, bert_data):
     which the compiled module matches bit for bit (``test_bert_bit_exact``)."""
     data = export.bert_inputs(64, seed=2)
     float_session, int_session = (
-        onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        integer_session(model)
         for model in (onnx.load(export.ensure_model("bert")), bert_artifact.quantized.int_model)
     )
     cosines = []

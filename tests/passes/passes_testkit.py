@@ -22,6 +22,7 @@ from qcompiler.intops import DOMAIN, VERSION, function_protos
 from qcompiler.pass_infra import QcPass
 from qcompiler.pipelines import normalize_pipeline, quantize_pipeline
 from qcompiler.quant_plan import QParams, assign_qparams, calibration_points
+from qcompiler.reference import integer_session
 
 _HEADER = '<ir_version: 10, opset_import: ["" : 21]>\n'
 _NP_DTYPES = {
@@ -135,7 +136,7 @@ def run(m: ir.Model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3  # integerized models keep dead weights until FinalizeIntegerModelPass
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = integer_session(proto, options)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 

@@ -6,7 +6,6 @@ from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from passes_testkit import assert_no_match, const, copy, integerize, model, op_types, output_names, qdq, run
 
@@ -16,6 +15,7 @@ from qcompiler.nonlinear import recorded
 from qcompiler.pass_infra import Pipeline
 from qcompiler.passes.finalize_integer_model import FinalizeIntegerModelPass
 from qcompiler.passes.integerize_l2_normalization import IntegerizeL2NormalizationPass
+from qcompiler.reference import integer_session
 
 L2 = "g (float[4,8,48] x) => (float[4,8,48] y) {{ [l2] y = LpNormalization <{attrs}> (x) }}"
 
@@ -101,7 +101,7 @@ def test_x86_build_is_bit_exact_with_onnxruntime(tmp_path):
     region = integer_region(ir.serde.serialize_model(m))
     target = get_target("x86")
     module = target.load(tmp_path, target.compile(region, tmp_path))
-    session = ort.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = integer_session(region)
     value = region.graph.input[0]
     _, zp_x = params(m, "x_q")
     rng = np.random.default_rng(0)

@@ -6,7 +6,6 @@ from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 from passes_testkit import (
     assert_no_match,
@@ -28,6 +27,7 @@ from qcompiler.nonlinear import recorded
 from qcompiler.pass_infra import Pipeline
 from qcompiler.passes.finalize_integer_model import FinalizeIntegerModelPass
 from qcompiler.passes.integerize_layer_norm import IntegerizeLayerNormPass
+from qcompiler.reference import integer_session
 
 LN = "g (float[4,8,64] x) => (float[4,8,64] y) {{ [ln] y = LayerNormalization <{attrs}> (x, gamma{beta}) }}"
 POOL = {"gamma": weights(64) + 1.0, "beta": weights(64, seed=1), "gamma_scalar": np.array([0.7], np.float32)}
@@ -140,7 +140,7 @@ def assert_x86_bit_exact(region, out_dir) -> None:
 
     target = get_target("x86")
     module = target.load(out_dir, target.compile(region, out_dir))
-    session = ort.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = integer_session(region)
     value = region.graph.input[0]
     shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
     rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from qcompiler import intops
+from qcompiler.reference import integer_session
 from qcompiler.targets import CompiledModule, get_target
 
 ONNX_DTYPES = {
@@ -94,10 +95,11 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
 
 
 def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """The reference: onnxruntime's CPU provider on the integer region (it inlines the qc functions)."""
+    """The reference: onnxruntime's CPU provider on the integer region (it inlines the qc functions; integer
+    ops exact on every CPU, see qcompiler.reference)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return integer_session(model, options)
 
 
 def run_ort(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
