@@ -1,8 +1,14 @@
-"""``qc tune``: MetaSchedule schedules for the slowest generic kernels of a model's x86 build, each kept only
-after a whole-model build with it is bit-exact with the integer model on calibration samples.
+"""``qc tune``: MetaSchedule schedules for the slowest generic kernels of a model's CPU build (x86, aarch64),
+each kept only after a whole-model build with it is bit-exact with the integer model on calibration samples.
 
-Steps: compile the model untuned (the same quantization as ``qc compile`` with the same config); time every
-kernel call on the first calibration sample (:meth:`~qcompiler.api.Module.profile`); take the ``kernels``
+Where it measures: on this host, or with ``rpc_tracker`` / ``rpc_key`` on a device registered with a TVM RPC
+tracker (a phone, a board, or qc's qemu-aarch64 stand-in :class:`~qcompiler.targets.rpc.RpcServer`): the
+trials, the default schedules and the bit-exactness runs all execute there.
+
+Steps: compile the model untuned (the same quantization as ``qc compile`` with the same config); rank the
+kernels: on this host by timing every kernel call on the first calibration sample
+(:meth:`~qcompiler.api.Module.profile`), on a device (whose VM cannot call back into a host profiler) by
+timing each generic kernel's default schedule there times its calls per run; take the ``kernels``
 slowest generic kernels (qc's hand-written int8 kernels are not tuned, see
 :mod:`~qcompiler.targets.tuning`) that the database does not hold yet; for each, search ``trials``
 schedules and time its default schedule with the same runner; the best schedule is kept in the database
@@ -17,19 +23,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
 from qcompiler.api import compile as compile_model
+from qcompiler.api import target_loader
 from qcompiler.config import CompileConfig
 from qcompiler.errors import QcError
+from qcompiler.reference import integer_session
 from qcompiler.targets import get_target
 from qcompiler.targets import tuning as tvm_tuning
 from qcompiler.targets._base import Progress
+from qcompiler.targets.rpc import check_device, parse_tracker
 
 __all__ = ["REPORT", "tune"]
 
@@ -61,58 +70,96 @@ def _sample_feeds(module, calibration, samples: int) -> list[dict[str, np.ndarra
     return feeds
 
 
-def _exact_with(region, target, record, func, integer_feeds, expected, work: Path) -> bool:
-    """Whether the model built with ``record`` alone (a schedule of ``func``) matches ``expected``."""
+def _measurement(target, rpc_tracker: str | None, rpc_key: str | None) -> tvm_tuning.Measurement:
+    """Where ``target``'s kernels are timed; refuses targets without tunable CPU kernels, and a target whose
+    code cannot run here when no device is named."""
+    if not target.cpu_library:
+        raise QcError(f"qc tune supports --target x86 and aarch64 (not {target.name!r}): the other targets have no "
+                      "tunable TIR schedules here (Cortex-M builds C, CUDA has its own schedules)")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise QcError("--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+    if rpc_tracker is None:
+        if not target.runs_on_host:
+            raise QcError(f"{target.name} code does not run on this {platform.machine()} host: time it on a device "
+                          "registered with a TVM RPC tracker, --rpc-tracker HOST:PORT --rpc-key KEY")
+        return tvm_tuning.Measurement()
+    tracker = parse_tracker(rpc_tracker)
+    check_device(tracker, rpc_key)  # before minutes of compiling
+    return tvm_tuning.Measurement(tracker, rpc_key, target.library_cxx)
+
+
+def _ranked(module, feed, region, target, generic, measurement) -> list[tuple[str, int, float]]:
+    """(kernel, calls per run, seconds per run) of the generic kernels, slowest first (see the module doc)."""
+    if measurement.tracker is None:
+        return [(n, c, s) for n, c, s in module.profile(feed, _PROFILE_ROUNDS) if n in generic]
+    names, calls = sorted(generic), tvm_tuning.call_counts(region, target)
+    seconds = tvm_tuning.default_seconds([generic[n] for n in names], target.tvm_target(), measurement)
+    rows = [(n, calls.get(n, 0), s * calls.get(n, 0)) for n, s in zip(names, seconds, strict=True) if s is not None]
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def _exact_with(region, target, record, func, integer_feeds, expected, work: Path, rpc: tuple) -> bool:
+    """Whether the model built with ``record`` alone (a schedule of ``func``) matches ``expected``, run where
+    the tuning measures (``rpc``: tracker and key, or Nones for this host)."""
     single = work / "single-db"
     shutil.rmtree(single, ignore_errors=True)
     tvm_tuning.keep_record(single, func, record, target.tvm_target())
     options = {name: getattr(target, name) for name in target.option_names()}
     tuned = get_target(target.name, **{**options, "tuning_db": str(single)})
     build = work / "single-build"
-    module = tuned.load(build, tuned.compile(region, build))
-    return all(
-        all(np.array_equal(g, w) for g, w in zip(module.run(feed), want, strict=True))
-        for feed, want in zip(integer_feeds, expected, strict=True)
-    )
+    module = target_loader(tuned, False, *rpc)(build, tuned.compile(region, build))
+    try:
+        return all(
+            all(np.array_equal(g, w) for g, w in zip(module.run(feed), want, strict=True))
+            for feed, want in zip(integer_feeds, expected, strict=True)
+        )
+    finally:
+        if rpc[0] is not None:
+            module.close()  # the device serves one session at a time
 
 
 def tune(model, calibration, db: str | Path, config: CompileConfig | None = None, trials: int = 32,
-         kernels: int = 4, samples: int = 4, progress: Progress | None = None) -> dict:
-    """Tune ``model``'s slowest generic kernels into the database ``db`` (see the module docstring); returns
-    the report written to ``db / tune.json``."""
+         kernels: int = 4, samples: int = 4, progress: Progress | None = None, rpc_tracker: str | None = None,
+         rpc_key: str | None = None) -> dict:  # fmt: skip
+    """Tune ``model``'s slowest generic kernels into the database ``db``, timed on this host or on the RPC
+    device ``rpc_key`` of the tracker ``rpc_tracker`` (host:port; see the module docstring); returns the
+    report written to ``db / tune.json``."""
     if trials < 1 or kernels < 1 or samples < 1:
         raise QcError("--trials, --kernels and --samples must be positive")
     config = config or CompileConfig()
-    if config.target != "x86":
-        raise QcError(f"qc tune supports --target x86 (not {config.target!r}): the other targets have no "
-                      "tunable TIR schedules here (Cortex-M builds C, CUDA and aarch64 runs need a device)")
     options = {k: v for k, v in config.target_options.items() if k != "tuning_db"}
     config = config.replace(target_options=options)
     db = Path(db)
     target = get_target(config.target, **options)
+    measurement = _measurement(target, rpc_tracker, rpc_key)
     tvm_target = target.tvm_target()
     artifact = compile_model(model, calibration=calibration, config=config, progress=progress)
-    module = artifact.module()
+    module = artifact.module(rpc_tracker=rpc_tracker, rpc_key=rpc_key)
     region = artifact.quantized.region()
     feeds = _sample_feeds(module, calibration, samples)
     integer_feeds = [module.quantize_inputs(f) for f in feeds]
-    reference = onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = integer_session(region)
     expected = [reference.run(None, f) for f in integer_feeds]
+    if rpc_tracker is not None:
+        module.compiled.close()  # it proved the device loads the model; the runner's sessions come next
     generic = tvm_tuning.generic_functions(region, target)
-    ranked = [(name, calls, seconds) for name, calls, seconds in module.profile(feeds[0], _PROFILE_ROUNDS)
-              if name in generic]  # fmt: skip
+    if progress is not None:
+        progress("rank kernels", 0, -1)
+    ranked = _ranked(module, feeds[0], region, target, generic, measurement)
     model_id = _model_id(model)
     report_path = db / REPORT
     previous = json.loads(report_path.read_text())["kernels"] if report_path.is_file() else []
     rows = {(row["model"], row["kernel"]): row for row in previous}  # a database may serve several models
+    where = "this host" if rpc_tracker is None else f"RPC device {rpc_key!r} of the tracker {rpc_tracker}"
     todo = [(n, c, s) for n, c, s in ranked if not tvm_tuning.has_record(db, generic[n], tvm_target)][:kernels]
     with tempfile.TemporaryDirectory(prefix="qc-tune-") as scratch:
         for index, (name, calls, _) in enumerate(todo):
             if progress is not None:
                 progress("tune", index, len(todo))
             func = generic[name]
-            record = tvm_tuning.tune_function(func, tvm_target, Path(scratch) / "search" / str(index), trials)
-            default = tvm_tuning.default_seconds(func, tvm_target)
+            record = tvm_tuning.tune_function(func, tvm_target, Path(scratch) / "search" / str(index), trials,
+                                              measurement)  # fmt: skip
+            (default,) = tvm_tuning.default_seconds([func], tvm_target, measurement)
             row = {"model": model_id, "kernel": name, "calls": calls, "trials": trials, "default_seconds": default,
                    "tuned_seconds": float(record.run_secs[0]) if record is not None else None}
             if default and row["tuned_seconds"]:
@@ -123,16 +170,16 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
                 row["status"] = "not kept: the default schedule did not run, nothing to compare with"
             elif row["speedup"] <= 1.0:
                 row["status"] = "not kept: no faster than the default schedule"
-            elif _exact_with(region, target, record, func, integer_feeds, expected, Path(scratch)):
+            elif _exact_with(region, target, record, func, integer_feeds, expected, Path(scratch), (rpc_tracker, rpc_key)):
                 tvm_tuning.keep_record(db, func, record, tvm_target)
                 row["status"] = "kept"
             else:
                 row["status"] = "refused: the model built with it is not bit-exact"
             rows[model_id, name] = row
-            _write_report(db, model_id, tvm_target, len(feeds), rows)  # after each kernel: resumable
+            _write_report(db, model_id, tvm_target, where, len(feeds), rows)  # after each kernel: resumable
         if progress is not None:
             progress("tune", len(todo), len(todo))
-    return _write_report(db, model_id, tvm_target, len(feeds), rows)
+    return _write_report(db, model_id, tvm_target, where, len(feeds), rows)
 
 
 def _model_id(model) -> str:
@@ -142,11 +189,11 @@ def _model_id(model) -> str:
     return f"model:{hashlib.sha256(model.SerializeToString()).hexdigest()[:12]}"
 
 
-def _write_report(db: Path, model_id: str, tvm_target, samples: int, rows: dict) -> dict:
+def _write_report(db: Path, model_id: str, tvm_target, measured_on: str, samples: int, rows: dict) -> dict:
     """``tune.json``; the database files exist afterwards even when no schedule was kept (then
     ``qc compile --tuning-db`` applies nothing)."""
     tvm_tuning.create_database(db)
-    report = {"model": model_id, "target": str(tvm_target), "samples": samples,
+    report = {"model": model_id, "target": str(tvm_target), "measured_on": measured_on, "samples": samples,
               "records": tvm_tuning.record_count(db), "kernels": list(rows.values())}  # every model's rows
     (db / REPORT).write_text(json.dumps(report, indent=1) + "\n")
     return report

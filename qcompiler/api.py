@@ -21,9 +21,11 @@ from qcompiler.driver import Progress, QuantizedModel, packed_weight_bytes, quan
 from qcompiler.errors import QcError
 from qcompiler.model_io import boundary, integer_region, is_integer_entry, require_model_file
 from qcompiler.qmath import dequantize, quantize
+from qcompiler.reference import integer_session
 from qcompiler.report import build_report
 from qcompiler.report_html import write_report_html
 from qcompiler.targets import CompiledModule, get_target, set_num_threads
+from qcompiler.targets.rpc import remote_loader
 
 __all__ = ["Artifact", "Module", "compile", "load"]
 
@@ -82,11 +84,11 @@ class Artifact:
         shutil.copytree(source, staging / library, ignore=shutil.ignore_patterns("build"))
         return sorted(str(p.relative_to(staging)) for p in (staging / library).rglob("*") if p.is_file())
 
-    def module(self, emulate: bool = False) -> Module:
+    def module(self, emulate: bool = False, rpc_tracker: str | None = None, rpc_key: str | None = None) -> Module:
         """The compiled module, loaded from the build directory (before or without saving); see :func:`load`."""
         target = get_target(self.config.target, **self.config.target_options)
         inputs, outputs = boundary(self.quantized.int_model)
-        loader = target.load_emulated if emulate else target.load
+        loader = target_loader(target, emulate, rpc_tracker, rpc_key)
         return Module(self.build_dir, {"inputs": inputs, "outputs": outputs}, loader(self.build_dir, self.library_info))
 
 
@@ -196,21 +198,33 @@ class Module:
     def reference_session(self) -> onnxruntime.InferenceSession:
         """onnxruntime running the integer region of ``model.int.onnx`` (the semantics the library must match)."""
         region = integer_region(onnx.load(str(self.directory / INT_MODEL)))
-        return onnxruntime.InferenceSession(region.SerializeToString(), providers=["CPUExecutionProvider"])
+        return integer_session(region)
 
 
-def load(directory: str | Path, emulate: bool = False, num_threads: int | None = None) -> Module:
+def target_loader(target, emulate: bool, rpc_tracker: str | None, rpc_key: str | None):
+    """``target``'s loader: on this host, under its emulator, or on a device behind an RPC tracker."""
+    if rpc_tracker is None and rpc_key is None:
+        return target.load_emulated if emulate else target.load
+    if emulate or rpc_tracker is None or rpc_key is None:
+        raise QcError("running on an RPC device takes both rpc_tracker (host:port) and rpc_key, without emulate")
+    return remote_loader(target, rpc_tracker, rpc_key)
+
+
+def load(directory: str | Path, emulate: bool = False, num_threads: int | None = None, rpc_tracker: str | None = None,
+         rpc_key: str | None = None) -> Module:  # fmt: skip
     """Load an artifact directory written by :func:`compile` / ``qc compile``.
 
     By default the library runs on this machine (the target says clearly why it cannot, e.g. a Cortex-M
     firmware image on x86). ``emulate=True`` runs an artifact for another machine under its emulator
-    (qemu-aarch64, qemu-system-arm), one emulated process per :meth:`Module.run`.
+    (qemu-aarch64, qemu-system-arm), one emulated process per :meth:`Module.run`. ``rpc_tracker`` (host:port)
+    and ``rpc_key`` run an x86 or aarch64 library on a device registered with that TVM RPC tracker under that
+    key (one session, held by the module; inputs and outputs cross the connection).
     ``num_threads`` sizes the CPU thread pool the compiled code runs on (default: ``TVM_NUM_THREADS``, else
     every core); the pool belongs to the process, so the last ``load`` that passes it wins.
     """
     if num_threads is not None:
-        if emulate:
-            raise QcError("num_threads applies to code run on this host, not under an emulator")
+        if emulate or rpc_tracker is not None:
+            raise QcError("num_threads applies to code run on this host, not under an emulator or over RPC")
         set_num_threads(num_threads)
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -218,5 +232,4 @@ def load(directory: str | Path, emulate: bool = False, num_threads: int | None =
     target_info = manifest["target"]
     options = {k: target_info[k] for k in get_target(target_info["name"]).option_names() if k in target_info}
     target = get_target(target_info["name"], **options)
-    loader = target.load_emulated if emulate else target.load
-    return Module(directory, manifest, loader(directory, manifest["library"]))
+    return Module(directory, manifest, target_loader(target, emulate, rpc_tracker, rpc_key)(directory, manifest["library"]))

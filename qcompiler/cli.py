@@ -131,7 +131,7 @@ def compile(
                                                      "reparam"))] = None,
     config: Annotated[Path | None, typer.Option(help="JSON config (same keys as CompileConfig); flags given "
                                                 "on the command line override it")] = None,
-    tuning_db: Annotated[Path | None, typer.Option("--tuning-db", help="x86: tuned schedules from a `qc tune` "
+    tuning_db: Annotated[Path | None, typer.Option("--tuning-db", help="x86, aarch64: tuned schedules from a `qc tune` "
                                                    "database directory")] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ) -> None:
@@ -282,16 +282,20 @@ def tune(
                                         "samples every tuned kernel is checked bit-exact on)")],
     db: Annotated[Path, typer.Option("--db", help="tuning database directory (resumed; written as TVM's JSON "
                                      "database, plus tune.json)")] = Path("tuning"),
-    target: Annotated[str, typer.Option(help="target (x86)")] = "x86",
+    target: Annotated[str, typer.Option(help="target (x86, aarch64)")] = "x86",
     trials: Annotated[int, typer.Option(help="MetaSchedule trials per kernel")] = 32,
     kernels: Annotated[int, typer.Option(help="how many of the slowest generic kernels to tune")] = 4,
     samples: Annotated[int, typer.Option(help="calibration samples each tuned build is checked on")] = 4,
     input_shape: Annotated[list[str], typer.Option("--input-shape", help="name=d0,d1,... for dynamic inputs")] = [],  # noqa: B006
     target_option: Annotated[list[str], typer.Option("--target-option", help="key=value, e.g. mcpu=znver4")] = [],  # noqa: B006
     config: Annotated[Path | None, typer.Option(help="JSON config the model is quantized with (as for compile)")] = None,
+    rpc_tracker: Annotated[str | None, typer.Option("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: time "
+                                                    "and check on a device registered there")] = None,
+    rpc_key: Annotated[str | None, typer.Option("--rpc-key", help="the device's key at the tracker")] = None,
 ) -> None:
     """Tune the slowest generic kernels of MODEL's build with MetaSchedule into a database that
-    `qc compile --tuning-db` applies; each kept schedule is checked bit-exact first."""
+    `qc compile --tuning-db` applies; each kept schedule is checked bit-exact first (on the device, with
+    --rpc-tracker)."""
     from qcompiler.model_io import require_model_file
     from qcompiler.targets import check_target_name
 
@@ -305,9 +309,9 @@ def tune(
 
     with _progress() as bar:
         report = run_tune(model, calib, db, settings, trials=trials, kernels=kernels, samples=samples,
-                          progress=_bar_reporter(bar))
+                          progress=_bar_reporter(bar), rpc_tracker=rpc_tracker, rpc_key=rpc_key)
     table = Table(title=f"qc tune -> {db}: {report['records']} schedule(s) in the database "
-                        f"(checked on {report['samples']} samples)")
+                        f"(timed on {report['measured_on']}, checked on {report['samples']} samples)")
     for column in ("kernel", "calls", "default us", "tuned us", "speed-up", "status"):
         table.add_column(column, justify="left" if column in ("kernel", "status") else "right")
     for row in (r for r in report["kernels"] if r["model"] == report["model"]):  # this model's kernels
@@ -315,7 +319,8 @@ def tune(
                       _microseconds(row["tuned_seconds"]), f"{row['speedup']:.2f}x" if "speedup" in row else "-",
                       row["status"])
     out.print(table)
-    out.print(f"apply: qc compile {model} --calib {calib} --tuning-db {db} -o out_tuned/")
+    target_flag = "" if target == "x86" else f" --target {target}"
+    out.print(f"apply: qc compile {model}{target_flag} --calib {calib} --tuning-db {db} -o out_tuned/")
 
 
 def _microseconds(seconds: float | None) -> str:
@@ -362,12 +367,15 @@ def run(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: every core)", min=1)] = None,
     emulate: Annotated[bool, typer.Option(help="run an artifact for another machine (aarch64, Cortex-M) "
                                           "under qemu")] = False,
+    rpc_tracker: Annotated[str | None, typer.Option("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: run on "
+                                                    "a device registered there (x86, aarch64 artifacts)")] = None,
+    rpc_key: Annotated[str | None, typer.Option("--rpc-key", help="the device's key at the tracker")] = None,
 ) -> None:
     """Run a compiled artifact on float inputs from an .npz file."""
     import qcompiler
     from qcompiler.qmath import dequantize
 
-    module = qcompiler.load(artifact, emulate=emulate, num_threads=threads)
+    module = qcompiler.load(artifact, emulate=emulate, num_threads=threads, rpc_tracker=rpc_tracker, rpc_key=rpc_key)
     try:
         with np.load(input) as data:
             feeds = {k: data[k] for k in data.files}
@@ -379,6 +387,37 @@ def run(
         results.update({e["int_name"]: ints[e["int_name"]] for e in module.outputs})
     np.savez(output, **results)
     out.print(f"wrote {', '.join(results)} to {output}")
+
+
+@app.command("rpc-server")
+def rpc_server(
+    tracker: Annotated[str, typer.Option(help="HOST:PORT of the TVM RPC tracker to register with")],
+    key: Annotated[str, typer.Option(help="the key clients ask the tracker for (--rpc-key)")],
+    emulate: Annotated[str, typer.Option(help="architecture whose code the sessions run: aarch64 (under "
+                                         "qemu-aarch64) or host")] = "aarch64",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="first port to try (up to +100)")] = 9090,
+) -> None:
+    """Stand in for a device: serve TVM RPC sessions registered with a tracker until interrupted, each one
+    running the client's code under qemu-aarch64 (or on this host). Real devices run TVM's own server."""
+    import threading
+
+    from qcompiler.targets import _cross, aarch64, rpc
+
+    toolchains = {"aarch64": aarch64.AARCH64_TOOLCHAIN, "host": _cross.HOST_TOOLCHAIN}
+    if emulate not in toolchains:
+        raise QcError(f"--emulate must be one of {', '.join(toolchains)}, got {emulate!r}")
+    if emulate == "aarch64" and aarch64.emulation_problems():
+        raise QcError("cannot emulate aarch64 here:\n  " + "\n  ".join(aarch64.emulation_problems()))
+    address = rpc.parse_tracker(tracker)
+    rpc.tracker_keys(address, wait_seconds=30)  # a tracker still starting gets 30 s; a wrong address fails
+    with rpc.RpcServer(toolchains[emulate], address, key, host=host, port=port, port_end=port + 100) as server:
+        out.print(f"serving key {key!r} on {host}:{server.port} for the tracker {tracker} "
+                  f"({'qemu-aarch64' if emulate == 'aarch64' else 'this host'}); Ctrl-C stops")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            out.print(f"stopped after {server.sessions} session(s)")
 
 
 @app.command()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 
@@ -50,6 +50,11 @@ class Target:
     requant_mantissa_bits: int
     runs_on_host: bool
     library_name: str
+    #: True where the library is a shared object that a Relax VM runs on a CPU (x86, aarch64): qc tune times
+    #: such a target's kernels, and the library runs, here or on a device behind a TVM RPC tracker.
+    cpu_library: ClassVar[bool] = False
+    #: the C++ compiler that links that library (None: TVM's default, the host's).
+    library_cxx: ClassVar[str | None] = None
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -16,6 +16,7 @@ import tvm
 
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets._base import Progress
+from qcompiler.targets._database import database_info
 from qcompiler.targets._float_free import check_float_free
 from qcompiler.targets._runtime import region_signature
 from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_module
@@ -134,8 +135,9 @@ def build_relax_library(
     -> refuse a float instruction in its kernels (:func:`~qcompiler.targets._float_free.check_float_free`, for
     the architecture of the target's triple); return the library info.
 
-    The info dict holds the library file name, the TVM target, build seconds, and the input/output signature
-    that :class:`~qcompiler.targets.CompiledModule` checks calls against.
+    The info dict holds the library file name, the TVM target, build seconds, the input/output signature
+    that :class:`~qcompiler.targets.CompiledModule` checks calls against, and with ``tuning_db`` the
+    database's path, sha256 and record count.
     """
     start = time.perf_counter()
     inputs, outputs = run_step(target_name, "signature", progress, lambda: region_signature(region))
@@ -147,10 +149,11 @@ def build_relax_library(
     library.parent.mkdir(parents=True, exist_ok=True)
     run_step(target_name, "export", progress, lambda: executable.export_library(str(library), **export_options))
     check_float_free(library, str(tvm_target.attrs["mtriple"]).split("-")[0])
-    return {
+    info = {
         "library": library.name,
         "tvm_target": str(tvm_target),
         "seconds": round(time.perf_counter() - start, 3),
         "inputs": [s.to_json() for s in inputs],
         "outputs": [s.to_json() for s in outputs],
     }
+    return {**info, "tuning_db": database_info(tuning_db)} if tuning_db else info

@@ -89,9 +89,10 @@ class Toolchain:
             raise TargetError(f"{self.arch}: missing tools: {'; '.join(problems)}")
 
     def run(
-        self, binary: pathlib.Path, args: Sequence[str], timeout: float = RUN_TIMEOUT
+        self, binary: pathlib.Path, args: Sequence[str], timeout: float = RUN_TIMEOUT, pass_fds: Sequence[int] = ()
     ) -> subprocess.CompletedProcess:
-        """Run ``binary args`` here (under the emulator if any) with the runtime libraries on the loader path."""
+        """Run ``binary args`` here (under the emulator if any) with the runtime libraries on the loader path;
+        the file descriptors ``pass_fds`` stay open in it."""
         library_path = {"LD_LIBRARY_PATH": ":".join(str(d) for d in self.runtime_dirs())}
         if self.emulator:  # the emulated loader gets the variable with -E; qemu's own loader must not see it
             sets = [arg for key, value in library_path.items() for arg in ("-E", f"{key}={value}")]
@@ -99,7 +100,9 @@ class Toolchain:
         else:
             command, env = [str(binary), *args], {**os.environ, **library_path}
         try:
-            return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+            return subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, env=env, pass_fds=tuple(pass_fds)
+            )
         except subprocess.TimeoutExpired as err:
             raise TargetError(f"{self.arch}: {binary.name} did not finish in {timeout:.0f} s") from err
 
@@ -109,9 +112,10 @@ HOST_TOOLCHAIN = Toolchain(
 )
 
 
-def runner_sources() -> list[pathlib.Path]:
-    """The C++ runner's sources in examples/cpp (part of the source tree, not of the installed package)."""
-    sources = [REPO / "examples" / "cpp" / name for name in ("qc_runtime.h", "run_artifact.cc")]
+def runner_sources(program: str = "run_artifact") -> list[pathlib.Path]:
+    """The sources of one of qc's C++ programs in examples/cpp (``run_artifact``, ``rpc_session``): the shared
+    header and ``<program>.cc`` (part of the source tree, not of the installed package)."""
+    sources = [REPO / "examples" / "cpp" / name for name in ("qc_runtime.h", f"{program}.cc")]
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise TargetError(
@@ -120,14 +124,16 @@ def runner_sources() -> list[pathlib.Path]:
     return sources
 
 
-def build_runner(toolchain: Toolchain, cache: pathlib.Path | None = None) -> pathlib.Path:
-    """Build examples/cpp/run_artifact.cc with ``toolchain`` once; the binary is cached by a hash of its inputs.
+def build_runner(
+    toolchain: Toolchain, cache: pathlib.Path | None = None, program: str = "run_artifact"
+) -> pathlib.Path:
+    """Build examples/cpp/<program>.cc with ``toolchain`` once; the binary is cached by a hash of its inputs.
 
     Links ``-ltvm_ffi -Wl,--no-as-needed -ltvm_runtime`` (the runtime registers the VM when loaded), with an
     rpath to the runtime directories.
     """
     toolchain.check()
-    header, source = runner_sources()
+    header, source = runner_sources(program)
     lib_dirs = [str(d) for d in toolchain.runtime_dirs()]
     flags = ["-std=c++17", "-O2", f"-I{ffi_include_dir()}", f"-I{header.parent}"]
     links = [f"-L{d}" for d in lib_dirs] + [
@@ -144,17 +150,15 @@ def build_runner(toolchain: Toolchain, cache: pathlib.Path | None = None) -> pat
         json.dumps([toolchain.cxx, flags, links]).encode(),
     ):
         digest.update(part)
-    binary = (
-        (cache or cache_dir()) / "runner" / f"{toolchain.arch}-{digest.hexdigest()[:12]}" / "run_artifact"
-    )
+    binary = (cache or cache_dir()) / "runner" / f"{toolchain.arch}-{digest.hexdigest()[:12]}" / program
     if binary.is_file():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
-    partial = binary.with_name(f".run_artifact.{os.getpid()}")
+    partial = binary.with_name(f".{program}.{os.getpid()}")
     command = [toolchain.cxx, *flags, str(source), "-o", str(partial), *links]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise TargetError(f"building the C++ runner failed:\n  {' '.join(command)}\n{result.stderr[-3000:]}")
+        raise TargetError(f"building {program} failed:\n  {' '.join(command)}\n{result.stderr[-3000:]}")
     partial.replace(binary)  # atomic: a concurrent build of the same inputs writes the same file
     return binary
 

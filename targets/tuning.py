@@ -14,43 +14,74 @@ Candidates are built in this process (:class:`InProcessBuilder`): building runs 
 MetaSchedule's process-pool builder spends about 30 s per batch here before the first candidate compiles
 (measured: one ``tvm.compile`` of a candidate takes 0.03 s in-process, 30 s in a fresh pool worker). They
 run and are timed in MetaSchedule's runner processes, so a faulting candidate cannot take the tuner down.
+A :class:`Measurement` says where: this host, or a device behind a TVM RPC tracker (a phone, a board, or
+qc's qemu stand-in, :class:`~qcompiler.targets.rpc.RpcServer`), which gets each candidate as a shared
+library linked by the target's compiler (it needs no compiler of its own).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import dataclasses
+import functools
+import importlib
+import inspect
 import logging
+import os
 import pathlib
+import tempfile
+from collections.abc import Iterator
 
+import numpy as np
 import onnx
 import tvm
-from tvm import tirx
+from tvm import relax, tirx
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
 from qcompiler.targets._build import fusion_passes
+from qcompiler.targets._database import DATABASE_FILES, database_digest, record_count
 from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_default
 from qcompiler.targets.relax_lowering import lower
 
-__all__ = ["DATABASE_FILES", "InProcessBuilder", "create_database", "database_digest", "default_seconds",
-           "generic_functions", "has_record", "keep_record", "record_count", "tune_function"]
+__all__ = ["DATABASE_FILES", "InProcessBuilder", "Measurement", "call_counts", "create_database", "database_digest",
+           "default_seconds", "generic_functions", "has_record", "keep_record", "record_count", "tune_function"]
 
-#: the two files of a MetaSchedule JSON database, in a directory of their own.
-DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 #: candidates per search round (MetaSchedule's ``num_trials_per_iter``).
 _TRIALS_PER_ROUND = 8
+#: seconds one RPC measurement session may take (upload, load, time; under qemu too).
+_REMOTE_SESSION_SECONDS = 120
+
+
+def _fused(region: onnx.ModelProto, target) -> tvm.IRModule:
+    return tvm.transform.Sequential(fusion_passes())(lower(region, target.kernels()))
 
 
 def generic_functions(region: onnx.ModelProto, target) -> dict[str, tirx.PrimFunc]:
     """Name -> PrimFunc of every tunable function of ``target``'s build of ``region`` (see the module doc)."""
-    fused = tvm.transform.Sequential(fusion_passes())(lower(region, target.kernels()))
     return {
         gv.name_hint: func
-        for gv, func in fused.functions_items()
+        for gv, func in _fused(region, target).functions_items()
         if isinstance(func, tirx.PrimFunc) and not func.attrs.get(KERNEL_ATTR, False)
     }
+
+
+def call_counts(region: onnx.ModelProto, target) -> dict[str, int]:
+    """Name -> how many times one run of ``target``'s build of ``region`` calls each TIR function (the graph
+    has no control flow, so the static count is the dynamic one)."""
+    call_tir, counts = tvm.ir.Op.get("relax.call_tir"), {}
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            counts[expr.args[0].name_hint] = counts.get(expr.args[0].name_hint, 0) + 1
+
+    for _, func in _fused(region, target).functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return counts
 
 
 def _workload(func: tirx.PrimFunc) -> tvm.IRModule:
@@ -59,29 +90,95 @@ def _workload(func: tirx.PrimFunc) -> tvm.IRModule:
     return tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(func)
 
 
-def _runner() -> ms.runner.LocalRunner:
-    """The runner that times both the tuning trials and the default schedule (so their times compare)."""
-    return ms.runner.LocalRunner(
-        timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
-    )
+def _random_values(rng: np.random.Generator, dtype: str, shape) -> np.ndarray:
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    return rng.random(size=shape).astype(dtype)
+
+
+def _alloc_on_device(session, device, args_info, alloc_repeat):
+    """MetaSchedule's argument allocation with values filled from the client: its default fill is a function
+    of TVM's extra runtime library, which a minimal device runtime (libtvm_runtime alone) lacks."""
+    rng = np.random.default_rng(0)
+    return alloc_argument_common(lambda tensor: tensor.copyfrom(_random_values(rng, tensor.dtype, tensor.shape)),
+                                 device, args_info, alloc_repeat)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """Where the tuning trials and qc's default schedules are timed (with the same runner, so their times
+    compare): this host (``tracker`` None), or a device registered with the TVM RPC tracker ``tracker`` under
+    ``key``, which loads shared libraries linked by ``cxx`` (the target's compiler; None: the host's)."""
+
+    tracker: tuple[str, int] | None = None
+    key: str = ""
+    cxx: str | None = None
+
+    @contextlib.contextmanager
+    def runner(self) -> Iterator[ms.runner.PyRunner]:
+        """A runner whose worker pool is shut down on exit (here, not by a garbage collection in one of
+        its own threads, which fails and prints a traceback)."""
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+        if self.tracker is None:
+            runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+        else:
+            config = ms.runner.RPCConfig(tracker_host=self.tracker[0], tracker_port=self.tracker[1],
+                                         tracker_key=self.key, session_priority=1,
+                                         session_timeout_sec=_REMOTE_SESSION_SECONDS)  # fmt: skip
+            runner = ms.runner.RPCRunner(config, evaluator, f_alloc_argument=_alloc_on_device, max_workers=1)
+        try:
+            yield runner
+        finally:
+            runner.pool.shutdown(wait=True)
+
+    def builder(self) -> InProcessBuilder:
+        return InProcessBuilder(shared_library=self.tracker is not None, cxx=self.cxx)
+
+
+@functools.cache
+def _register_tensor_intrinsics() -> None:
+    """Import TVM's tensor intrinsics (MetaSchedule's build imports them on first use) in 9 s, not 50-80 s.
+
+    TVMScript's ``prim_func`` calls ``inspect.stack()`` for each of the ~500 intrinsics; during an import the
+    stack holds importlib's frozen frames, whose file ``inspect.getmodule`` cannot find in its file->module
+    cache, so each lookup scans every loaded module. Entering those frames' own modules into the cache ends
+    the scans; the entries are true, nothing else reads them differently.
+    """
+    for name in ("importlib._bootstrap", "importlib._bootstrap_external"):
+        inspect.modulesbyfile.setdefault(os.path.normcase(os.path.abspath(f"<frozen {name}>")), name)
+    importlib.import_module("tvm.s_tir.tensor_intrin")
 
 
 @derived_object
 class InProcessBuilder(PyBuilder):
-    """MetaSchedule's default build and export, in this process (see the module docstring for why)."""
+    """MetaSchedule's default build, in this process (see the module docstring for why), exported as its
+    default object archive or, with ``shared_library``, as a shared library linked by ``cxx``."""
+
+    def __init__(self, shared_library: bool = False, cxx: str | None = None):
+        super().__init__()
+        self.shared_library, self.cxx = shared_library, cxx
+
+    def _export(self, built) -> str:
+        if not self.shared_library:
+            return default_export(built)
+        path = os.path.join(tempfile.mkdtemp(prefix="qc-candidate-"), "candidate.so")
+        built.export_library(path, **({"cc": self.cxx} if self.cxx else {}))
+        return path
 
     def build(self, build_inputs):
+        _register_tensor_intrinsics()
         results = []
         for item in build_inputs:
             try:
-                results.append(BuilderResult(default_export(default_build(item.mod, item.target, None)), None))
+                results.append(BuilderResult(self._export(default_build(item.mod, item.target, None)), None))
             except Exception as err:  # noqa: BLE001 - a candidate that does not build is a failed trial
                 results.append(BuilderResult(None, f"{type(err).__name__}: {str(err)[-400:]}"))
         return results
 
 
 def tune_function(func: tirx.PrimFunc, tvm_target: tvm.target.Target, work_dir: pathlib.Path, trials: int,
-                  seed: int = 0):  # fmt: skip
+                  measurement: Measurement = Measurement(), seed: int = 0):  # fmt: skip
     """Search ``trials`` schedules of ``func`` into the database in ``work_dir``; the best record, or None
     when no candidate built and ran."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -90,10 +187,12 @@ def tune_function(func: tirx.PrimFunc, tvm_target: tvm.target.Target, work_dir: 
     for handler in list(logger.handlers):  # MetaSchedule re-configures logging by handler name on each
         if handler.get_name() is None:  # search and fails on an unnamed one (one it added itself earlier)
             logger.removeHandler(handler)
-    database = ms.tune_tir(
-        _workload(func), tvm_target, work_dir=str(work_dir), max_trials_global=trials,
-        num_trials_per_iter=min(trials, _TRIALS_PER_ROUND), builder=InProcessBuilder(), runner=_runner(), seed=seed,
-    )  # fmt: skip
+    with measurement.runner() as runner:
+        database = ms.tune_tir(
+            _workload(func), tvm_target, work_dir=str(work_dir), max_trials_global=trials,
+            num_trials_per_iter=min(trials, _TRIALS_PER_ROUND), builder=measurement.builder(), runner=runner,
+            seed=seed,
+        )  # fmt: skip
     return database.query_tuning_record(_workload(func), tvm_target, "main")
 
 
@@ -113,12 +212,6 @@ def create_database(db_dir: pathlib.Path) -> None:
     ms.database.JSONDatabase(work_dir=str(db_dir))
 
 
-def record_count(db_dir: pathlib.Path) -> int:
-    """Tuning records in the database in ``db_dir`` (0 when there is none)."""
-    path = pathlib.Path(db_dir) / DATABASE_FILES[1]
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
-
-
 def has_record(db_dir: pathlib.Path, func: tirx.PrimFunc, tvm_target: tvm.target.Target) -> bool:
     """Whether the database in ``db_dir`` already holds a schedule for ``func`` (resuming skips it)."""
     if not (pathlib.Path(db_dir) / DATABASE_FILES[0]).is_file():
@@ -127,23 +220,18 @@ def has_record(db_dir: pathlib.Path, func: tirx.PrimFunc, tvm_target: tvm.target
     return database.query_tuning_record(_workload(func), tvm_target, "main") is not None
 
 
-def database_digest(db_dir: pathlib.Path) -> str:
-    """sha256 over the database's two files (what a manifest records)."""
-    digest = hashlib.sha256()
-    for name in DATABASE_FILES:
-        path = pathlib.Path(db_dir) / name
-        digest.update(path.read_bytes() if path.is_file() else b"")
-    return digest.hexdigest()
-
-
-def default_seconds(func: tirx.PrimFunc, tvm_target: tvm.target.Target) -> float | None:
-    """Seconds per call of ``func`` with qc's default schedule (:func:`~qcompiler.targets.cpu_schedule.
-    schedule_default`), timed by the same runner as the tuning trials; None when it did not run."""
-    scheduled = tvm.IRModule({"main": schedule_default(func).with_attr("global_symbol", "main")})
-    (built,) = InProcessBuilder().build([ms.builder.BuilderInput(scheduled, tvm_target)])
-    if built.error_msg:
-        return None
-    args = ms.arg_info.ArgInfo.from_prim_func(func)
-    (future,) = _runner().run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
-    result = future.result()
-    return None if result.error_msg else float(result.run_secs[0])
+def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target,
+                    measurement: Measurement = Measurement()) -> list[float | None]:  # fmt: skip
+    """Seconds per call of each of ``funcs`` with qc's default schedule (:func:`~qcompiler.targets.
+    cpu_schedule.schedule_default`), timed by the runner of the tuning trials; None where it did not run."""
+    scheduled = [tvm.IRModule({"main": schedule_default(f).with_attr("global_symbol", "main")}) for f in funcs]
+    built = measurement.builder().build([ms.builder.BuilderInput(m, tvm_target) for m in scheduled])
+    ok = [i for i, b in enumerate(built) if not b.error_msg]
+    inputs = [ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(funcs[i]))
+              for i in ok]  # fmt: skip
+    seconds: list[float | None] = [None] * len(funcs)
+    with measurement.runner() as runner:
+        for i, future in zip(ok, runner.run(inputs) if inputs else [], strict=True):
+            result = future.result()
+            seconds[i] = None if result.error_msg else float(result.run_secs[0])
+    return seconds

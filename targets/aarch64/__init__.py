@@ -13,6 +13,7 @@ import pathlib
 import platform
 import shutil
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -23,6 +24,7 @@ from qcompiler.errors import ArtifactError, TargetError
 from qcompiler.targets._base import Progress, Target, option
 from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._cross import Toolchain, require_tool, run_library
+from qcompiler.targets._database import check_database
 from qcompiler.targets._runtime import CompiledModule, EmulatedModule
 from qcompiler.targets.aarch64._runtime_libs import ensure_aarch64_runtime
 from qcompiler.targets.int8_kernels import SDOT
@@ -72,7 +74,9 @@ AARCH64_TOOLCHAIN = Toolchain(
 @dataclasses.dataclass(frozen=True)
 class Aarch64Target(Target):
     """aarch64 Linux with LLVM. Options: ``mcpu`` (default "cortex-a76"), ``features`` (LLVM ``-mattr``,
-    default ``("+neon", "+dotprod")``; e.g. add "+i8mm").
+    default ``("+neon", "+dotprod")``; e.g. add "+i8mm"), ``num_cores`` (the device's cores: MetaSchedule's
+    tuning needs the count; default 4), ``tuning_db`` (a directory written by ``qc tune
+    --target aarch64 --rpc-tracker ...``; see :mod:`~qcompiler.targets.tuning`).
 
     ``dot_product`` follows from the CPU's features plus ``features``: "sdot" with dotprod, else None.
     """
@@ -85,8 +89,12 @@ class Aarch64Target(Target):
     requant_mantissa_bits: int = 31
     runs_on_host: bool = dataclasses.field(default_factory=lambda: platform.machine() in ("aarch64", "arm64"))
     library_name: str = "model.so"
+    cpu_library: ClassVar[bool] = True
+    library_cxx: ClassVar[str] = _CROSS_CXX
     mcpu: str = option(default="cortex-a76")
     features: tuple[str, ...] = option(default=("+neon", "+dotprod"))
+    num_cores: int = option(default=4)
+    tuning_db: str = option(default="")
 
     def __post_init__(self) -> None:
         if isinstance(self.features, str) or not all(isinstance(f, str) for f in self.features):
@@ -94,6 +102,9 @@ class Aarch64Target(Target):
                 f"aarch64: features must be a sequence of strings like '+dotprod', got {self.features!r}"
             )
         object.__setattr__(self, "features", tuple(self.features))
+        if isinstance(self.num_cores, bool) or not isinstance(self.num_cores, int) or self.num_cores < 1:
+            raise TargetError(f"aarch64: num_cores must be a positive integer, got {self.num_cores!r}")
+        check_database(self.name, self.tuning_db)
         if self.mcpu in ("", "generic", "native") or not codegen.llvm_is_valid_cpu(self.mcpu, self.triple):
             raise TargetError(
                 f"aarch64: mcpu={self.mcpu!r} is not a CPU name LLVM knows for {self.triple} "
@@ -113,10 +124,9 @@ class Aarch64Target(Target):
         object.__setattr__(self, "dot_product", dot)
 
     def tvm_target(self) -> tvm.target.Target:
-        """The TVM target: llvm with the aarch64 triple, explicit mcpu and the ``mattr`` features."""
-        return tvm.target.Target(
-            {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu, "mattr": list(self.features)}
-        )
+        """The TVM target: llvm with the aarch64 triple, explicit mcpu, the ``mattr`` features, ``num-cores``."""
+        return tvm.target.Target({"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu,
+                                  "mattr": list(self.features), "num-cores": self.num_cores})  # fmt: skip
 
     def kernels(self) -> Mapping:
         """Converter overrides the lowering uses for this target, chosen by the ``dot_product`` capability."""
@@ -126,7 +136,8 @@ class Aarch64Target(Target):
     def compile(
         self, region: onnx.ModelProto, out_dir: pathlib.Path, progress: Progress | None = None
     ) -> dict:
-        """Lower (with the sdot kernels when available), cross-compile and export ``out_dir / model.so``."""
+        """Lower (with the sdot kernels when available), cross-compile (tuned schedules from ``tuning_db``) and
+        export ``out_dir / model.so``."""
         cxx = require_tool(_CROSS_CXX, f"the aarch64 cross compiler exports the library: {_CROSS_FIX}")
         return build_relax_library(
             self.name,
@@ -135,6 +146,7 @@ class Aarch64Target(Target):
             pathlib.Path(out_dir) / self.library_name,
             progress,
             kernels=self.kernels(),
+            tuning_db=pathlib.Path(self.tuning_db) if self.tuning_db else None,
             cc=cxx,
         )
 

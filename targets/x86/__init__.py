@@ -8,6 +8,7 @@ import dataclasses
 import os
 import pathlib
 import platform
+from typing import ClassVar
 
 import onnx
 import tvm
@@ -16,10 +17,10 @@ from tvm.target import codegen
 from qcompiler.errors import TargetError
 from qcompiler.targets._base import Progress, Target, option
 from qcompiler.targets._build import build_relax_library
+from qcompiler.targets._database import check_database
 from qcompiler.targets._runtime import CompiledModule
 from qcompiler.targets.int8_kernels import AVX2, AVX512_VNNI, AVX_VNNI
 from qcompiler.targets.int8_lowering import int8_kernels
-from qcompiler.targets.tuning import DATABASE_FILES, database_digest, record_count
 
 __all__ = ["X86Target"]
 
@@ -64,6 +65,7 @@ class X86Target(Target):
     requant_mantissa_bits: int = 31
     runs_on_host: bool = dataclasses.field(default_factory=lambda: platform.machine() in ("x86_64", "AMD64"))
     library_name: str = "model.so"
+    cpu_library: ClassVar[bool] = True
     mcpu: str = option(default_factory=_host_cpu)
     num_cores: int = option(default_factory=lambda: os.cpu_count() or 1)
     tuning_db: str = option(default="")
@@ -78,11 +80,7 @@ class X86Target(Target):
             )
         if not isinstance(self.num_cores, int) or self.num_cores < 1:
             raise TargetError(f"x86: num_cores must be a positive integer, got {self.num_cores!r}")
-        if self.tuning_db and not (pathlib.Path(self.tuning_db) / DATABASE_FILES[0]).is_file():
-            raise TargetError(
-                f"x86: tuning_db={self.tuning_db!r} holds no tuning database ({DATABASE_FILES[0]} missing); "
-                "write one with qc tune"
-            )
+        check_database(self.name, self.tuning_db)
         features = set(codegen.llvm_get_cpu_features(self.tvm_target()))
         dot = next((name for feature, name in _DOT_PRODUCTS if feature in features), None)
         object.__setattr__(self, "dot_product", dot)
@@ -104,15 +102,10 @@ class X86Target(Target):
         """Lower (int8 GEMMs/convolutions on the dot-product kernels), build with TVM's CPU pipeline (tuned
         schedules from ``tuning_db``) and export ``out_dir / model.so``; with a database, the info records
         its sha256 and record count."""
-        database = pathlib.Path(self.tuning_db) if self.tuning_db else None
-        info = build_relax_library(
+        return build_relax_library(
             self.name, region, self.tvm_target(), pathlib.Path(out_dir) / self.library_name, progress,
-            kernels=self.kernels(), tuning_db=database,
+            kernels=self.kernels(), tuning_db=pathlib.Path(self.tuning_db) if self.tuning_db else None,
         )  # fmt: skip
-        if database:
-            info["tuning_db"] = {"path": str(database), "sha256": database_digest(database),
-                                 "records": record_count(database)}  # fmt: skip
-        return info
 
     def load(self, out_dir: pathlib.Path, library_info: dict) -> CompiledModule:
         """Load ``model.so`` into a Relax VM on the host CPU."""

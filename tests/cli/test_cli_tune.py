@@ -30,6 +30,13 @@ CASES = {
     "zero_trials": (["tune", "cnn.onnx", "--calib", "calib.npz", "--trials", "0"], "must be positive"),
     "compile_without_db": (["compile", "cnn.onnx", "--calib", "calib.npz", "--tuning-db", "nodb", "-o", "o"],
                            "holds no tuning database"),
+    "aarch64_here": (["tune", "cnn.onnx", "--calib", "calib.npz", "--target", "aarch64"],
+                     "aarch64 code does not run on this x86_64 host"),
+    "key_without_tracker": (["tune", "cnn.onnx", "--calib", "calib.npz", "--rpc-key", "phone"], "go together"),
+    "bad_tracker": (["tune", "cnn.onnx", "--calib", "calib.npz", "--rpc-tracker", "9190", "--rpc-key", "phone"],
+                    "--rpc-tracker must be host:port"),
+    "server_arch": (["rpc-server", "--tracker", "127.0.0.1:9190", "--key", "k", "--emulate", "riscv"],
+                    "--emulate must be one of aarch64, host"),
 }
 
 

@@ -51,7 +51,7 @@ def assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
 def test_registry_builds_the_target_with_options():
     target = get_target("aarch64", mcpu="neoverse-n1")
     assert isinstance(target, Target) and target.mcpu == "neoverse-n1"
-    assert Aarch64Target.option_names() == ["mcpu", "features"]
+    assert Aarch64Target.option_names() == ["mcpu", "features", "num_cores", "tuning_db"]
 
 
 def test_describe_is_the_json_capability_table():
@@ -68,6 +68,8 @@ def test_describe_is_the_json_capability_table():
         "library_name": "model.so",
         "mcpu": "cortex-a76",
         "features": ["+neon", "+dotprod"],
+        "num_cores": 4,
+        "tuning_db": "",
     }
 
 
@@ -99,7 +101,7 @@ def test_dot_product_follows_cpu_and_features(options, dot_product):
         ({"features": ("+bogus",)}, r"does not know the feature\(s\) \['\+bogus'\]"),
         ({"features": ("neon",)}, "must look like '\\+name'"),
         ({"features": "+neon"}, "sequence of strings"),
-        ({"opt_level": 3}, r"no option\(s\) opt_level; valid options: mcpu, features"),
+        ({"opt_level": 3}, r"no option\(s\) opt_level; valid options: mcpu, features, num_cores, tuning_db"),
     ],
 )
 def test_bad_options_are_refused(options, message):
