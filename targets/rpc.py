@@ -115,6 +115,8 @@ class RemoteModule(CompiledModule):
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run ``main`` on the device on ``inputs`` (by graph input name); the outputs in graph order."""
+        if self._vm is None:
+            raise TargetError("this remote module's session was closed; load the artifact again")
         self._check(inputs)
         args = [tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device) for s in self.inputs]
         self._vm.set_input("main", *args)

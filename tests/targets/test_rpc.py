@@ -58,6 +58,8 @@ def _assert_bit_exact_on_device(directory, tracker):
         got, want = module.compiled.run(feeds), reference.run(None, feeds)
         assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True)), seed
     module.compiled.close()
+    with pytest.raises(TargetError, match="session was closed"):
+        module.compiled.run(feeds)
 
 
 @pytest.mark.slow
