@@ -88,13 +88,14 @@ def _measurement(target, rpc_tracker: str | None, rpc_key: str | None) -> tvm_tu
     return tvm_tuning.Measurement(tracker, rpc_key, target.library_cxx)
 
 
-def _ranked(module, feed, region, target, generic, measurement) -> list[tuple[str, int, float]]:
-    """(kernel, calls per run, seconds per run) of the generic kernels, slowest first (see the module doc)."""
+def _ranked(module, feed, fused, target, generic, measurement) -> list[tuple[str, int, float, float | None]]:
+    """(kernel, calls per run, seconds per run, default seconds per call by the tuning runner or None) of the
+    generic kernels, slowest first (see the module doc)."""
     if measurement.tracker is None:
-        return [(n, c, s) for n, c, s in module.profile(feed, _PROFILE_ROUNDS) if n in generic]
-    names, calls = sorted(generic), tvm_tuning.call_counts(region, target)
+        return [(n, c, s, None) for n, c, s in module.profile(feed, _PROFILE_ROUNDS) if n in generic]
+    names, calls = sorted(generic), tvm_tuning.call_counts(fused)
     seconds = tvm_tuning.default_seconds([generic[n] for n in names], target.tvm_target(), measurement)
-    rows = [(n, calls.get(n, 0), s * calls.get(n, 0)) for n, s in zip(names, seconds, strict=True) if s is not None]
+    rows = [(n, calls.get(n, 0), s * calls.get(n, 0), s) for n, s in zip(names, seconds, strict=True) if s is not None]
     return sorted(rows, key=lambda row: -row[2])
 
 
@@ -142,24 +143,25 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
     expected = [reference.run(None, f) for f in integer_feeds]
     if rpc_tracker is not None:
         module.compiled.close()  # it proved the device loads the model; the runner's sessions come next
-    generic = tvm_tuning.generic_functions(region, target)
+    fused = tvm_tuning.fused_module(region, target)
+    generic = tvm_tuning.generic_functions(fused)
     if progress is not None:
         progress("rank kernels", 0, -1)
-    ranked = _ranked(module, feeds[0], region, target, generic, measurement)
+    ranked = _ranked(module, feeds[0], fused, target, generic, measurement)
     model_id = _model_id(model)
     report_path = db / REPORT
     previous = json.loads(report_path.read_text())["kernels"] if report_path.is_file() else []
     rows = {(row["model"], row["kernel"]): row for row in previous}  # a database may serve several models
     where = "this host" if rpc_tracker is None else f"RPC device {rpc_key!r} of the tracker {rpc_tracker}"
-    todo = [(n, c, s) for n, c, s in ranked if not tvm_tuning.has_record(db, generic[n], tvm_target)][:kernels]
+    todo = [row for row in ranked if not tvm_tuning.has_record(db, generic[row[0]], tvm_target)][:kernels]
     with tempfile.TemporaryDirectory(prefix="qc-tune-") as scratch:
-        for index, (name, calls, _) in enumerate(todo):
+        for index, (name, calls, _, ranking_default) in enumerate(todo):
             if progress is not None:
                 progress("tune", index, len(todo))
             func = generic[name]
             record = tvm_tuning.tune_function(func, tvm_target, Path(scratch) / "search" / str(index), trials,
                                               measurement)  # fmt: skip
-            (default,) = tvm_tuning.default_seconds([func], tvm_target, measurement)
+            default = ranking_default or tvm_tuning.default_seconds([func], tvm_target, measurement)[0]
             row = {"model": model_id, "kernel": name, "calls": calls, "trials": trials, "default_seconds": default,
                    "tuned_seconds": float(record.run_secs[0]) if record is not None else None}
             if default and row["tuned_seconds"]:

@@ -6,7 +6,8 @@ The converter fuses the chain of sole consumers that the integer passes emit aft
     ``MatMulInteger | ConvInteger`` -> [``Add`` of a constant int32 per-channel bias]
     -> [``qc.Requantize`` with constant per-channel multiplier/shift and scalar zero point and clamp]
 
-into one kernel, so nothing in between reaches memory. Anything that does not fit (a non-constant or
+into one kernel, so nothing in between reaches memory. A constant weight picks the target's instruction for
+its values (:meth:`DotProduct.for_weights`: on AVX2, weights of up to 7 bits run on ``vpmaddubsw``). Anything that does not fit (a non-constant or
 non-int8 weight, zero-point operands, grouped convolutions, a Requantize to a wider type) is lowered by the
 generic converters instead: the result is the same integers either way.
 """
@@ -36,6 +37,7 @@ from qcompiler.targets.int8_kernels import (
     pack_conv_weight,
     pack_gemm_operand_func,
     pack_gemm_weight,
+    weight_pair_magnitude,
 )
 
 __all__ = ["int8_kernels"]
@@ -183,6 +185,7 @@ def _matmul(dot: DotProduct, n: _Node) -> relax.Expr:
     if not _fits(n) or n.const(1).ndim != 2:
         return _GENERIC[("", "MatMulInteger")](n)
     a, w, a_dtype = n.arg(0), n.const(1), str(n.arg(0).ty.dtype)
+    dot = dot.for_weights(weight_pair_magnitude(w, axis=0))
     (k, cols), lead = w.shape, n.shape(0)[:-1]
     rows = math.prod(lead)
     epilogue = _absorb_epilogue(n, len(lead) + 1, len(lead), cols)
@@ -276,6 +279,8 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
     depthwise = group == c == w.shape[0] and w.shape[1] == 1 and c > 1
     if group != 1 and not depthwise:
         return _GENERIC[("", "ConvInteger")](n)
+    if not depthwise:
+        dot = dot.for_weights(weight_pair_magnitude(w, axis=1))
     geometry = ConvGeometry(
         b, c, h, wd, w.shape[0], (w.shape[2], w.shape[3]),
         tuple(int(v) for v in window["strides"]), tuple(int(v) for v in window["dilation"]),

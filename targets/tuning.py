@@ -48,7 +48,8 @@ from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_default
 from qcompiler.targets.relax_lowering import lower
 
 __all__ = ["DATABASE_FILES", "InProcessBuilder", "Measurement", "call_counts", "create_database", "database_digest",
-           "default_seconds", "generic_functions", "has_record", "keep_record", "record_count", "tune_function"]
+           "default_seconds", "fused_module", "generic_functions", "has_record", "keep_record", "record_count",
+           "region_seconds", "tune_function"]
 
 #: candidates per search round (MetaSchedule's ``num_trials_per_iter``).
 _TRIALS_PER_ROUND = 8
@@ -56,29 +57,30 @@ _TRIALS_PER_ROUND = 8
 _REMOTE_SESSION_SECONDS = 120
 
 
-def _fused(region: onnx.ModelProto, target) -> tvm.IRModule:
+def fused_module(region: onnx.ModelProto, target) -> tvm.IRModule:
+    """``target``'s build of ``region`` up to fusion: the module whose TIR functions are timed and tuned."""
     return tvm.transform.Sequential(fusion_passes())(lower(region, target.kernels()))
 
 
-def generic_functions(region: onnx.ModelProto, target) -> dict[str, tirx.PrimFunc]:
-    """Name -> PrimFunc of every tunable function of ``target``'s build of ``region`` (see the module doc)."""
+def generic_functions(fused: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    """Name -> PrimFunc of every tunable function of a :func:`fused_module` (see the module doc)."""
     return {
         gv.name_hint: func
-        for gv, func in _fused(region, target).functions_items()
+        for gv, func in fused.functions_items()
         if isinstance(func, tirx.PrimFunc) and not func.attrs.get(KERNEL_ATTR, False)
     }
 
 
-def call_counts(region: onnx.ModelProto, target) -> dict[str, int]:
-    """Name -> how many times one run of ``target``'s build of ``region`` calls each TIR function (the graph
-    has no control flow, so the static count is the dynamic one)."""
+def call_counts(fused: tvm.IRModule) -> dict[str, int]:
+    """Name -> how many times one run of a :func:`fused_module` calls each TIR function (the graph has no
+    control flow, so the static count is the dynamic one)."""
     call_tir, counts = tvm.ir.Op.get("relax.call_tir"), {}
 
     def visit(expr) -> None:
         if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
             counts[expr.args[0].name_hint] = counts.get(expr.args[0].name_hint, 0) + 1
 
-    for _, func in _fused(region, target).functions_items():
+    for _, func in fused.functions_items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func.body, visit)
     return counts
@@ -222,9 +224,11 @@ def has_record(db_dir: pathlib.Path, func: tirx.PrimFunc, tvm_target: tvm.target
 
 def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target,
                     measurement: Measurement = Measurement()) -> list[float | None]:  # fmt: skip
-    """Seconds per call of each of ``funcs`` with qc's default schedule (:func:`~qcompiler.targets.
-    cpu_schedule.schedule_default`), timed by the runner of the tuning trials; None where it did not run."""
-    scheduled = [tvm.IRModule({"main": schedule_default(f).with_attr("global_symbol", "main")}) for f in funcs]
+    """Seconds per call of each of ``funcs`` as ``qc compile`` builds it (a hand-written kernel as it is, any
+    other function with :func:`~qcompiler.targets.cpu_schedule.schedule_default`), timed by the runner of the
+    tuning trials; None where it did not run."""
+    scheduled = [tvm.IRModule({"main": (f if f.attrs.get(KERNEL_ATTR, False) else schedule_default(f))
+                               .with_attr("global_symbol", "main")}) for f in funcs]
     built = measurement.builder().build([ms.builder.BuilderInput(m, tvm_target) for m in scheduled])
     ok = [i for i, b in enumerate(built) if not b.error_msg]
     inputs = [ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(funcs[i]))
@@ -235,3 +239,25 @@ def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target,
             result = future.result()
             seconds[i] = None if result.error_msg else float(result.run_secs[0])
     return seconds
+
+
+def region_seconds(fused_regions: list[tvm.IRModule], tvm_target: tvm.target.Target,
+                   measurement: Measurement = Measurement()) -> list[float | None]:  # fmt: skip
+    """Seconds per run of each of ``fused_regions`` (each a :func:`fused_module`): every TIR function's
+    :func:`default_seconds` times its calls, summed (the Relax VM's own overhead between calls is not
+    counted). Structurally equal functions are timed once, whichever regions hold them; None for a region
+    with a function that did not run."""
+    distinct: dict[int, tirx.PrimFunc] = {}
+    uses = []
+    for fused in fused_regions:
+        counts, region_uses = call_counts(fused), []
+        for gv, func in fused.functions_items():
+            if isinstance(func, tirx.PrimFunc) and counts.get(gv.name_hint):
+                key = tvm.ir.structural_hash(func.without_attr("global_symbol"))
+                distinct.setdefault(key, func)
+                region_uses.append((key, counts[gv.name_hint]))
+        uses.append(region_uses)
+    keys = list(distinct)
+    timed = dict(zip(keys, default_seconds([distinct[k] for k in keys], tvm_target, measurement), strict=True))
+    return [None if any(timed[k] is None for k, _ in region_uses) else sum(timed[k] * n for k, n in region_uses)
+            for region_uses in uses]

@@ -40,7 +40,7 @@ def test_a_tuned_schedule_is_applied_recorded_and_bit_exact(tmp_path, calib):
     quantized = quantize_model(CNN, str(calib), CompileConfig(input_shapes=SHAPES))
     region = quantized.region()
     target = get_target("x86")
-    name, func = next(iter(sorted(tuning.generic_functions(region, target).items(), key=lambda kv: kv[0])))
+    name, func = next(iter(sorted(tuning.generic_functions(tuning.fused_module(region, target)).items(), key=lambda kv: kv[0])))
     record = tuning.tune_function(func, target.tvm_target(), tmp_path / "search", trials=8)
     assert record is not None
     db = tmp_path / "db"

@@ -124,6 +124,17 @@ def test_avx2_kernels_bit_exact(tiny_cnn_path, tiny_calibration, tmp_path):
         assert any(symbol.startswith("qc_avx2_") for symbol in kernels), sorted(kernels)
 
 
+@pytest.mark.skipif(not _host_has("avx2"), reason="host CPU lacks avx2")
+def test_narrow_weight_kernels_bit_exact(tiny_cnn_path, tiny_calibration):
+    """mcpu=haswell at 4-bit weights: the convolutions run on the vpmaddubsw kernels, bit-exact."""
+    cnn = qcompiler.compile(tiny_cnn_path, target="x86", calibration=tiny_calibration, weight_bits=4,
+                            input_shapes={"input": (1, 1, 16, 16)}, target_options={"mcpu": "haswell"})
+    feeds = [{"input": tiny_calibration["input"][i:i + 1]} for i in range(4)]
+    assert_bit_exact(cnn, [*feeds, {"input": np.full((1, 1, 16, 16), 1e6, np.float32)}])
+    kernels = {symbol for symbol, _, _ in cnn.module().profile(feeds[0], rounds=1)}
+    assert any(symbol.startswith("qc_avx2_narrow_conv2d") for symbol in kernels), sorted(kernels)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_count_changes_no_bit(tiny_artifact, tiny_calibration, tmp_path, threads):
     directory = tiny_artifact.save(tmp_path / "saved")

@@ -243,3 +243,45 @@ def test_activation_matmul_bit_exact(tmp_path, mcpu, case):
                                  ONNX_NP[v.type.tensor_type.elem_type]) for v in model.graph.input}
     for feeds in [random_feeds(model, seed=7), saturated]:
         assert_bit_exact(model, module, feeds)
+
+
+def _at_pair_bound(rng, shape, axis: int) -> np.ndarray:
+    """int8 weights of magnitude <= 64 whose first reduction pairs sit exactly on vpmaddubsw's bound
+    (|w0| + |w1| = 128: -128 + 0, 127 + -1, -64 + -64, 100 + 28)."""
+    w = rng.integers(-64, 65, size=shape).astype(np.int8)
+    view = np.moveaxis(w, axis, 0)
+    for p, pair in enumerate([(-128, 0), (127, -1), (-64, -64), (100, 28)][: view.shape[0] // 2]):
+        view[2 * p], view[2 * p + 1] = pair
+    return w
+
+
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("kind", ["gemm", "conv3x3", "conv1x1-stride2"])
+@pytest.mark.skipif("avx2" not in _FLAGS, reason="host CPU lacks avx2")
+def test_narrow_weights_run_on_vpmaddubsw_bit_exact(tmp_path, a_dtype, kind):
+    """On AVX2, weights whose reduction pairs have |w0| + |w1| <= 128 (every weight of <= 7 bits) run on the
+    vpmaddubsw kernels, exact with every activation at its extremes; one pair at 129 keeps the vpmaddwd ones."""
+    rng = np.random.default_rng(11)
+    if kind == "gemm":
+        model = _gemm_region(6, 13, 35, a_dtype, "int8")
+        w_shape, axis, op = (13, 35), 0, "gemm"
+    else:
+        x_shape, w_shape, attrs = CONVS["3x3" if kind == "conv3x3" else "1x1-stride2"]
+        model = _conv_region(x_shape, w_shape, a_dtype, "int8", **attrs)
+        axis, op = 1, "conv2d"
+    weight = next(t for t in model.graph.initializer if t.name == "w")
+    narrow = _at_pair_bound(rng, w_shape, axis)
+    weight.CopyFrom(onnx.numpy_helper.from_array(narrow, "w"))
+    target = get_target("x86", mcpu="haswell")
+    names = _kernel_names(lower(model, target.kernels()))
+    assert any(name.startswith(f"qc_avx2_narrow_{op}") for name in names), names
+    module = _compile(model, tmp_path, "haswell")
+    for feeds in [random_feeds(model, seed=12), *_saturated(model, a_dtype)]:
+        assert_bit_exact(model, module, feeds)
+
+    wide = narrow.copy()
+    np.moveaxis(wide, axis, 0)[1] = -1  # pairs (-128, -1): 129
+    weight.CopyFrom(onnx.numpy_helper.from_array(wide, "w"))
+    names = _kernel_names(lower(model, target.kernels()))
+    assert not any(name.startswith("qc_avx2_narrow") for name in names)
+    assert any(name.startswith(f"qc_avx2_{op}") for name in names), names

@@ -99,7 +99,7 @@ def test_tune_measures_on_the_device_and_a_schedule_found_there_runs_bit_exact(d
     target = get_target("aarch64")
     region = qcompiler.compile(model, calibration=CALIBRATION, config=config).quantized.region()
     name = row["kernel"]
-    func = tuning.generic_functions(region, target)[name]
+    func = tuning.generic_functions(tuning.fused_module(region, target))[name]
     measurement = tuning.Measurement(rpc.parse_tracker(tracker), KEY, target.library_cxx)
     record = tuning.tune_function(func, target.tvm_target(), tmp_path / "search", 4, measurement)
     assert record is not None
