@@ -7,7 +7,9 @@ chosen layers from the widest configuration until the budget holds), the baselin
 
 Costs are those of the linear layers (Conv/MatMul with constant weights), and budgets are fractions of
 their cost under the base config: ``size`` counts their weight bytes with sub-8-bit weights packed
-(``ceil(n * bits / 8)``), ``bops`` their bit operations ``MACs x weight_bits x activation_bits``. The
+(``ceil(n * bits / 8)``), ``bops`` their bit operations ``MACs x weight_bits x activation_bits``,
+``latency`` their seconds per run on the target from a measured table (:mod:`~qcompiler.autotune.latency`;
+the functions below take the table in place of the objective's name). The
 rest of the model (biases, tables, embeddings) is the same for every candidate; scores report the whole
 integer model's packed bytes beside.
 """
@@ -23,14 +25,21 @@ from qcompiler.config import CompileConfig
 from qcompiler.errors import QcError
 from qcompiler.qmath import packed_bytes
 
-__all__ = ["OBJECTIVES", "layer_cost", "width_problem", "widths_config", "budget_limit", "base_cost", "ilp_config",
+__all__ = ["OBJECTIVES", "config_cost", "layer_cost", "layer_input_bits", "width_problem", "widths_config", "budget_limit", "base_cost", "ilp_config",
            "random_configs"]
 
-OBJECTIVES = ("size", "bops")
+OBJECTIVES = ("size", "bops", "latency")
 
 
-def layer_cost(layer: Layer, objective: str, weight_bits: int, activation_bits: int) -> float:
-    """The cost of ``layer`` at the given widths: packed weight bytes (``size``) or bit operations (``bops``)."""
+def layer_cost(layer: Layer, objective, weight_bits: int, activation_bits: int) -> float:
+    """The cost of ``layer`` at the given widths: packed weight bytes (``objective`` ``"size"``), bit
+    operations (``"bops"``), or seconds per run from a measured
+    :class:`~qcompiler.autotune.latency.LatencyTable` (the objective ``latency``; it is measured at each
+    layer's fixed input width, so ``activation_bits`` does not enter)."""
+    if not isinstance(objective, str):
+        if weight_bits not in objective.seconds.get(layer.name, {}):
+            raise QcError(f"the latency table has no entry for layer '{layer.name}' at {weight_bits}-bit weights")
+        return objective.seconds[layer.name][weight_bits]
     if objective == "size":
         return float(packed_bytes(layer.weights, weight_bits))
     return float(layer.macs * weight_bits * activation_bits)
@@ -72,7 +81,7 @@ def budget_limit(objective: str, fraction: float, evaluator: CandidateEvaluator,
 
 def base_cost(objective: str, evaluator: CandidateEvaluator, base: CompileConfig) -> float:
     """The linear layers' cost under ``base``'s global widths."""
-    return sum(layer_cost(layer, objective, base.weight_bits, _fixed_input(layer, base)) for layer in evaluator.layers)
+    return sum(layer_cost(layer, objective, base.weight_bits, layer_input_bits(layer, base)) for layer in evaluator.layers)
 
 
 def ilp_config(problem: WidthProblem, limit: float, base: CompileConfig) -> tuple[CompileConfig, dict]:
@@ -96,9 +105,16 @@ def random_configs(evaluator: CandidateEvaluator, objective: str, limit: float, 
         while sum(layer_cost(by_name[n], objective, w, 8) for n, w in chosen.items()) > limit:
             name = rng.choice([n for n, w in chosen.items() if w > narrowest])
             chosen[name] = rng.choice([w for w in widths if w < chosen[name]])
-        configs.append(widths_config(base, {n: (w, _fixed_input(by_name[n], base)) for n, w in chosen.items()}))
+        configs.append(widths_config(base, {n: (w, layer_input_bits(by_name[n], base)) for n, w in chosen.items()}))
     return configs
 
 
-def _fixed_input(layer: Layer, base: CompileConfig) -> int:
+def layer_input_bits(layer: Layer, base: CompileConfig) -> int:
+    """A layer's input width under ``base``'s global widths (8 bits where its input width is not chosen)."""
     return base.activation_bits if layer.input_group >= 0 else 8
+
+
+def config_cost(objective, evaluator: CandidateEvaluator, config: CompileConfig) -> float:
+    """The linear layers' cost under ``config``'s per-layer widths."""
+    widths = config.layer_widths([layer.name for layer in evaluator.layers])
+    return sum(layer_cost(layer, objective, *widths[layer.name]) for layer in evaluator.layers)

@@ -17,6 +17,7 @@ must match, ``search.json``). At the end the directory holds::
 
     search.json       settings, float metric, metric kind, sensitivity kind
     sensitivity.json  per-layer sensitivities (ilp, and the recipes' ILP point), with how they were obtained
+    latency.json      objective latency: seconds per layer and weight width, where and for what target
     trials.jsonl      every trial: config, score, cost as a fraction of the base config's (recipe searches:
                       also the recipe and the model's features, which a later search reads as ``prior``)
     pareto.json       the trials no other trial beats on both metric and cost
@@ -37,10 +38,12 @@ import numpy as np
 
 from qcompiler.autotune import recipes
 from qcompiler.autotune.candidates import CandidateEvaluator
+from qcompiler.autotune.latency import LatencyTable, measure_latency
 from qcompiler.autotune.mixed_precision import (
     OBJECTIVES,
     base_cost,
     budget_limit,
+    config_cost,
     ilp_config,
     random_configs,
     width_problem,
@@ -54,6 +57,7 @@ from qcompiler.autotune.sensitivity import (
 from qcompiler.config import BIT_WIDTHS, CompileConfig
 from qcompiler.errors import QcError
 from qcompiler.targets import get_target
+from qcompiler.targets.tuning import measurement_for
 
 __all__ = ["METHODS", "SearchResult", "search"]
 
@@ -81,7 +85,8 @@ class SearchResult:
 def search(model, calibration, evaluation, target: str = "x86", objective: str = "size", budget: float = 0.6,
            method: str = "ilp", trials: int = 20, widths: tuple[int, ...] = (4, 8), sensitivity: str = "measured",
            samples: int = 256, output: str | Path | None = None, base: CompileConfig | None = None, seed: int = 0,
-           prior: tuple[str | Path, ...] = (), progress: Progress | None = None) -> SearchResult:
+           prior: tuple[str | Path, ...] = (), progress: Progress | None = None, rpc_tracker: str | None = None,
+           rpc_key: str | None = None) -> SearchResult:
     """Search per-layer weight widths or a recipe of ``model`` under ``budget`` (a fraction of the base
     config's cost), by ``method`` (see the module docstring).
 
@@ -89,20 +94,28 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
     hold ``labels``; ``samples`` caps how many evaluation samples score a candidate). ``sensitivity``
     (``measured`` or ``proxy``) serves the ILP, ``trials`` the random and recipe searches (how many configs
     they measure). ``output``: a directory for the trial log and results (resumed if it holds the same
-    search).
+    search). ``objective="latency"`` measures a per-layer latency table first (:mod:`~qcompiler.autotune.
+    latency`), on this host or with ``rpc_tracker``/``rpc_key`` on a device behind a TVM RPC tracker; it is
+    kept in the output directory (``latency.json``).
     """
     _check_arguments(objective, budget, method, widths, sensitivity, trials, prior)
+    if objective != "latency" and rpc_tracker is not None:
+        raise QcError("--rpc-tracker/--rpc-key measure latency tables: they serve --objective latency only")
     base = (base or CompileConfig()).replace(target=target)
     mantissa_bits = get_target(base.target, **base.target_options).requant_mantissa_bits
+    measurement = measurement_for(get_target(base.target, **base.target_options), rpc_tracker, rpc_key) \
+        if objective == "latency" else None  # refused before anything is written or calibrated
     settings = {"objective": objective, "budget": budget, "method": method, "trials": trials,
                 "widths": sorted(widths), "sensitivity": sensitivity if method != "random" else None,
-                "samples": samples, "seed": seed, "base": base.to_json(), "prior": sorted(map(str, prior))}
+                "samples": samples, "seed": seed, "base": base.to_json(), "prior": sorted(map(str, prior)),
+                "latency_measured_on": measurement.place if measurement is not None else None}
     prior_trials = _prior_trials(prior)
     log = _TrialLog(Path(output), settings) if output is not None else None
     evaluator = CandidateEvaluator(model, calibration, evaluation, base, samples, mantissa_bits)
-    total = base_cost(objective, evaluator, base)
-    limit = budget_limit(objective, budget, evaluator, base)
-    space = _recipe_space(evaluator, base, objective, budget, limit) if method in RECIPE_METHODS else None
+    costs = objective if measurement is None else _latency(evaluator, base, widths, method, measurement, log, progress)
+    total = base_cost(costs, evaluator, base)
+    limit = budget_limit(costs, budget, evaluator, base)
+    space = _recipe_space(evaluator, base, costs, budget, limit) if method in RECIPE_METHODS else None
     expected = min(trials, space.size) if space is not None else -1
     measured: list[dict] = []
 
@@ -110,7 +123,8 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
         trial = log.get(config) if log is not None else None
         if trial is None:
             score = evaluator.score(config)
-            cost = score.layer_bytes if objective == "size" else score.bops
+            cost = {"size": score.layer_bytes, "bops": score.bops}.get(costs) if isinstance(costs, str) \
+                else config_cost(costs, evaluator, config)
             trial = {"key": _key(config), "kind": kind, "config": config.to_json(), "score": score.to_json(),
                      "cost": cost / total, **(fields or {})}
             if log is not None:
@@ -127,7 +141,7 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
 
     failed = []
     if space is not None:
-        failed = _search_recipes(space, evaluator, base, objective, limit, measure, sensitivities, method, trials,
+        failed = _search_recipes(space, evaluator, base, costs, limit, measure, sensitivities, method, trials,
                                  seed, prior_trials)
         candidates = [t for t in measured if t["kind"] == "recipe"]
         if not candidates:
@@ -138,14 +152,17 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
         for width in sorted(w for w in widths if w < base.weight_bits):
             measure(base.replace(weight_bits=width), "uniform")
         if method == "ilp":
-            problem = width_problem(evaluator, sensitivities(), objective, base)
+            problem = width_problem(evaluator, sensitivities(), costs, base)
             feasible = problem.extreme_cost(min) / total
+            if budget < feasible * (1 - 1e-9):
+                raise QcError(f"no per-layer widths meet the budget {budget:g}: every layer at its narrowest width "
+                              f"still costs {feasible:.3f} of the base config's {objective}; raise --budget")
             for fraction in sorted({f for f in SWEEP if f >= feasible} - {budget}):
-                measure(*_ilp_trial(problem, budget_limit(objective, fraction, evaluator, base), base, fraction))
+                measure(*_ilp_trial(problem, budget_limit(costs, fraction, evaluator, base), base, fraction))
             chosen = measure(*_ilp_trial(problem, limit, base, budget))
         else:
             chosen = _best([measure(c, "random")
-                            for c in random_configs(evaluator, objective, limit, base, widths, trials, seed)])
+                            for c in random_configs(evaluator, costs, limit, base, widths, trials, seed)])
     result = SearchResult(measured, _pareto(measured), chosen, CompileConfig.from_json(chosen["config"]),
                           evaluator.float_metric, evaluator.metric_kind, failed)
     if log is not None:
@@ -158,7 +175,7 @@ def _best(trials: list[dict]) -> dict:
     return max(trials, key=lambda t: (t["score"]["metric"], -t["score"]["rel_l2"]))
 
 
-def _recipe_space(evaluator: CandidateEvaluator, base: CompileConfig, objective: str, budget: float,
+def _recipe_space(evaluator: CandidateEvaluator, base: CompileConfig, objective, budget: float,
                   limit: float) -> recipes.RecipeSpace:
     """The model's recipe space for ``qc search``: whole calibration set; the uniform widths whose cost fits
     ``limit`` (the cost of ``budget``), and the ILP point when the budget is below the base cost."""
@@ -168,7 +185,7 @@ def _recipe_space(evaluator: CandidateEvaluator, base: CompileConfig, objective:
             or base_cost(objective, evaluator, recipes.recipe_config(base, {"bits": choice})) <= limit * (1 + 1e-9)]
     if not fits:
         raise QcError(f"no recipe fits the budget {budget:g}: even the narrowest uniform widths cost more than "
-                      f"that fraction of the base config's {objective}")
+                      "that fraction of the base config's cost")
     return space.fix(calibration_set="large").only("bits", fits)
 
 
@@ -203,8 +220,7 @@ def _prior_trials(directories) -> list[dict]:
 def _check_arguments(objective, budget, method, widths, sensitivity, trials, prior) -> None:
     problems = []
     if objective not in OBJECTIVES:
-        problems.append(f"objective '{objective}' is not one of {', '.join(OBJECTIVES)} (latency tables are not "
-                        "measured yet: on x86 every width runs the same int8 kernels)")
+        problems.append(f"objective '{objective}' is not one of {', '.join(OBJECTIVES)}")
     if method not in METHODS:
         problems.append(f"method '{method}' is not one of {', '.join(METHODS)}")
     if not 0 < budget <= 1:
@@ -236,6 +252,22 @@ def _sensitivity(evaluator, base, widths, kind, log, progress) -> Sensitivity:
     if log is not None:
         log.save_sensitivity(found)
     return found
+
+
+def _latency(evaluator, base, widths, method, measurement, log, progress) -> LatencyTable:
+    """The latency table of the search (from the output directory when it holds one), over ``widths``,
+    the base width and, for a recipe search, the recipes' uniform weight widths."""
+    path = log.directory / "latency.json" if log is not None else None
+    if path is not None and path.is_file():
+        return LatencyTable.from_json(json.loads(path.read_text()))
+    measured = {*widths, base.weight_bits}
+    if method in RECIPE_METHODS:
+        bits = next(d for d in recipes.DIMENSIONS if d.name == "bits")
+        measured |= {fields["weight_bits"] for fields in bits.choices.values() if "weight_bits" in fields}
+    table = measure_latency(evaluator, base, tuple(sorted(measured)), measurement, progress)
+    if path is not None:
+        path.write_text(json.dumps(table.to_json(), indent=1))
+    return table
 
 
 def _key(config: CompileConfig) -> str:
@@ -326,7 +358,8 @@ def _plot(result: SearchResult, budget: float, objective: str, path: Path) -> No
                  zorder=5, label="chosen")
     axes.axvline(budget, color="grey", lw=1, ls=":", label=f"budget {budget:g}")
     axes.axhline(result.float_metric, color="green", lw=1, ls=":", label="float model")
-    axes.set_xlabel(f"{'weight bytes' if objective == 'size' else 'BOPs'} of the linear layers (fraction of base)")
+    cost = {"size": "weight bytes", "bops": "BOPs", "latency": "latency"}[objective]
+    axes.set_xlabel(f"{cost} of the linear layers (fraction of base)")
     axes.set_ylabel(result.metric_kind)
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +37,6 @@ from qcompiler.reference import integer_session
 from qcompiler.targets import get_target
 from qcompiler.targets import tuning as tvm_tuning
 from qcompiler.targets._base import Progress
-from qcompiler.targets.rpc import check_device, parse_tracker
 
 __all__ = ["REPORT", "tune"]
 
@@ -68,24 +66,6 @@ def _sample_feeds(module, calibration, samples: int) -> list[dict[str, np.ndarra
     if not feeds:
         raise QcError("calibration data holds no sample of the compiled input shape to check tuned kernels on")
     return feeds
-
-
-def _measurement(target, rpc_tracker: str | None, rpc_key: str | None) -> tvm_tuning.Measurement:
-    """Where ``target``'s kernels are timed; refuses targets without tunable CPU kernels, and a target whose
-    code cannot run here when no device is named."""
-    if not target.cpu_library:
-        raise QcError(f"qc tune supports --target x86 and aarch64 (not {target.name!r}): the other targets have no "
-                      "tunable TIR schedules here (Cortex-M builds C, CUDA has its own schedules)")
-    if (rpc_tracker is None) != (rpc_key is None):
-        raise QcError("--rpc-tracker HOST:PORT and --rpc-key KEY go together")
-    if rpc_tracker is None:
-        if not target.runs_on_host:
-            raise QcError(f"{target.name} code does not run on this {platform.machine()} host: time it on a device "
-                          "registered with a TVM RPC tracker, --rpc-tracker HOST:PORT --rpc-key KEY")
-        return tvm_tuning.Measurement()
-    tracker = parse_tracker(rpc_tracker)
-    check_device(tracker, rpc_key)  # before minutes of compiling
-    return tvm_tuning.Measurement(tracker, rpc_key, target.library_cxx)
 
 
 def _ranked(module, feed, fused, target, generic, measurement) -> list[tuple[str, int, float, float | None]]:
@@ -132,7 +112,7 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
     config = config.replace(target_options=options)
     db = Path(db)
     target = get_target(config.target, **options)
-    measurement = _measurement(target, rpc_tracker, rpc_key)
+    measurement = tvm_tuning.measurement_for(target, rpc_tracker, rpc_key)
     tvm_target = target.tvm_target()
     artifact = compile_model(model, calibration=calibration, config=config, progress=progress)
     module = artifact.module(rpc_tracker=rpc_tracker, rpc_key=rpc_key)
@@ -152,7 +132,6 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
     report_path = db / REPORT
     previous = json.loads(report_path.read_text())["kernels"] if report_path.is_file() else []
     rows = {(row["model"], row["kernel"]): row for row in previous}  # a database may serve several models
-    where = "this host" if rpc_tracker is None else f"RPC device {rpc_key!r} of the tracker {rpc_tracker}"
     todo = [row for row in ranked if not tvm_tuning.has_record(db, generic[row[0]], tvm_target)][:kernels]
     with tempfile.TemporaryDirectory(prefix="qc-tune-") as scratch:
         for index, (name, calls, _, ranking_default) in enumerate(todo):
@@ -178,10 +157,10 @@ def tune(model, calibration, db: str | Path, config: CompileConfig | None = None
             else:
                 row["status"] = "refused: the model built with it is not bit-exact"
             rows[model_id, name] = row
-            _write_report(db, model_id, tvm_target, where, len(feeds), rows)  # after each kernel: resumable
+            _write_report(db, model_id, tvm_target, measurement.place, len(feeds), rows)  # after each kernel: resumable
         if progress is not None:
             progress("tune", len(todo), len(todo))
-    return _write_report(db, model_id, tvm_target, where, len(feeds), rows)
+    return _write_report(db, model_id, tvm_target, measurement.place, len(feeds), rows)
 
 
 def _model_id(model) -> str:

@@ -222,7 +222,8 @@ def search(
     output: Annotated[Path, typer.Option("-o", "--output", help="search directory (resumed if it holds the "
                                          "same search)")] = Path("search"),
     target: Annotated[str, typer.Option(help="target the chosen config is for")] = "x86",
-    objective: Annotated[str, typer.Option(help="size (weight bytes) | bops")] = "size",
+    objective: Annotated[str, typer.Option(help="size (weight bytes) | bops | latency (measured per layer on "
+                                           "the target)")] = "size",
     budget: Annotated[float, typer.Option(help="cost limit as a fraction of the base config's")] = 0.6,
     method: Annotated[str, typer.Option(help="ilp | random (per-layer widths) | xgboost | grid | genetic "
                                         "(recipe search)")] = "ilp",
@@ -236,6 +237,9 @@ def search(
     prior: Annotated[list[Path] | None, typer.Option(metavar="<dir>", help="recipe searches: -o directory of an "
                                                      "earlier recipe search (another model) to learn from; "
                                                      "repeatable")] = None,
+    rpc_tracker: Annotated[str | None, typer.Option(help="--objective latency: time the layers on a device of "
+                                                    "this TVM RPC tracker, HOST:PORT")] = None,
+    rpc_key: Annotated[str | None, typer.Option(help="the device's key at the tracker")] = None,
 ) -> None:
     """Choose per-layer weight widths or a quantization recipe of MODEL under a budget; writes the trials,
     the Pareto front and chosen.json for `qc compile --config`."""
@@ -256,7 +260,7 @@ def search(
                                   method=method, trials=trials, widths=chosen_widths, sensitivity=sensitivity,
                                   samples=samples, output=output, seed=seed,
                                   base=CompileConfig.load(config) if config else None, prior=tuple(prior or ()),
-                                  progress=_bar_reporter(bar))
+                                  progress=_bar_reporter(bar), rpc_tracker=rpc_tracker, rpc_key=rpc_key)
     table = Table(title=f"qc search -> {output}: Pareto front of {len(result.trials)} trials "
                         f"({result.metric_kind}; float model {result.float_metric:.4f})")
     for column in ("trial", "cost", result.metric_kind, "rel. L2", "bytes (packed)", "widths"):

@@ -136,18 +136,18 @@ class CompiledModule:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run ``main`` on ``inputs`` (by graph input name); return the outputs in graph order."""
+        return numpy_outputs(self._vm["main"](*self._device_args(inputs)))
+
+    def _device_args(self, inputs: Mapping[str, np.ndarray]) -> list:
+        """``inputs`` checked and copied to the device, in graph input order."""
         self._check(inputs)
-        args = [tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device) for s in self.inputs]
-        result = self._vm["main"](*args)
-        results = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
-        return [r.numpy() for r in results]
+        return [tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device) for s in self.inputs]
 
     def profile(self, inputs: Mapping[str, np.ndarray], rounds: int = 10) -> list[tuple[str, int, float]]:
         """Seconds spent per kernel over ``rounds`` runs of ``main``: ``(symbol, calls, seconds)`` rows,
         slowest first. Timed on the host around each call the VM makes (tens of microseconds of overhead per
         call, so sub-millisecond kernels read high); the VM's own bookkeeping is not counted."""
-        self._check(inputs)
-        args = [tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device) for s in self.inputs]
+        args = self._device_args(inputs)
         totals: dict[str, list] = {}
         started: list[float] = []
 
@@ -206,3 +206,8 @@ class EmulatedModule(CompiledModule):
         """Run ``main`` on ``inputs`` (by graph input name) under the emulator; outputs in graph order."""
         self._check(inputs)
         return self._run_fn(inputs)
+
+
+def numpy_outputs(result) -> list[np.ndarray]:
+    """A VM result (one tensor or a tuple of them) as numpy arrays in graph output order."""
+    return [r.numpy() for r in ([result] if isinstance(result, tvm.runtime.Tensor) else list(result))]

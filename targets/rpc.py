@@ -36,14 +36,13 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import tvm
 from tvm import relax, rpc
 from tvm.rpc import base
 from tvm.rpc.base import TrackerCode
 
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets._cross import Toolchain, build_runner
-from qcompiler.targets._runtime import CompiledModule, TensorSpec
+from qcompiler.targets._runtime import CompiledModule, TensorSpec, numpy_outputs
 
 __all__ = ["RemoteModule", "RpcServer", "check_device", "load_remote", "open_session", "parse_tracker", "remote_loader",
            "tracker_keys"]
@@ -117,13 +116,9 @@ class RemoteModule(CompiledModule):
         """Run ``main`` on the device on ``inputs`` (by graph input name); the outputs in graph order."""
         if self._vm is None:
             raise TargetError("this remote module's session was closed; load the artifact again")
-        self._check(inputs)
-        args = [tvm.runtime.tensor(np.asarray(inputs[s.name], order="C"), self._device) for s in self.inputs]
-        self._vm.set_input("main", *args)
+        self._vm.set_input("main", *self._device_args(inputs))
         self._vm.invoke_stateful("main")
-        results = self._vm.get_outputs("main")
-        results = [results] if isinstance(results, tvm.runtime.Tensor) else list(results)
-        return [r.numpy() for r in results]
+        return numpy_outputs(self._vm.get_outputs("main"))
 
     def close(self) -> None:
         """End the session now, so that the device serves its next client (TVM's servers serve one at a time);

@@ -29,12 +29,14 @@ import inspect
 import logging
 import os
 import pathlib
+import platform
 import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 import onnx
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -42,17 +44,21 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
 from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
+from qcompiler.errors import QcError
 from qcompiler.targets._build import fusion_passes
 from qcompiler.targets._database import DATABASE_FILES, database_digest, record_count
 from qcompiler.targets.cpu_schedule import KERNEL_ATTR, schedule_default
 from qcompiler.targets.relax_lowering import lower
+from qcompiler.targets.rpc import check_device, parse_tracker
 
 __all__ = ["DATABASE_FILES", "InProcessBuilder", "Measurement", "call_counts", "create_database", "database_digest",
-           "default_seconds", "fused_module", "generic_functions", "has_record", "keep_record", "record_count",
+           "default_seconds", "fused_module", "generic_functions", "has_record", "keep_record", "measurement_for", "record_count",
            "region_seconds", "tune_function"]
 
 #: candidates per search round (MetaSchedule's ``num_trials_per_iter``).
 _TRIALS_PER_ROUND = 8
+#: timings per function and pass of :func:`region_seconds` (their median counts).
+_REGION_REPEATS = 5
 #: seconds one RPC measurement session may take (upload, load, time; under qemu too).
 _REMOTE_SESSION_SECONDS = 120
 
@@ -117,11 +123,19 @@ class Measurement:
     key: str = ""
     cxx: str | None = None
 
+    @property
+    def place(self) -> str:
+        """Where this measures, in words."""
+        if self.tracker is None:
+            return "this host"
+        return f"RPC device {self.key!r} of the tracker {self.tracker[0]}:{self.tracker[1]}"
+
     @contextlib.contextmanager
-    def runner(self) -> Iterator[ms.runner.PyRunner]:
-        """A runner whose worker pool is shut down on exit (here, not by a garbage collection in one of
-        its own threads, which fails and prints a traceback)."""
-        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    def runner(self, repeat: int = 1) -> Iterator[ms.runner.PyRunner]:
+        """A runner (``repeat`` timings of at least 20 ms per candidate) whose worker pool is shut down on
+        exit (here, not by a garbage collection in one of its own threads, which fails and prints a
+        traceback)."""
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=20)
         if self.tracker is None:
             runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
         else:
@@ -136,6 +150,25 @@ class Measurement:
 
     def builder(self) -> InProcessBuilder:
         return InProcessBuilder(shared_library=self.tracker is not None, cxx=self.cxx)
+
+
+def measurement_for(target, rpc_tracker: str | None, rpc_key: str | None) -> Measurement:
+    """Where ``target``'s kernels are timed; refuses targets without tunable CPU kernels, and a target whose
+    code cannot run here when no device is named."""
+    if not target.cpu_library:
+        raise QcError(f"kernels are timed for --target x86 and aarch64 (not {target.name!r}): the other targets have no "
+                      "single-kernel runner here (Cortex-M builds C, timed whole by benchmarks.mcu_sweep; CUDA has its "
+                      "own schedules)")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise QcError("--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+    if rpc_tracker is None:
+        if not target.runs_on_host:
+            raise QcError(f"{target.name} code does not run on this {platform.machine()} host: time it on a device "
+                          "registered with a TVM RPC tracker, --rpc-tracker HOST:PORT --rpc-key KEY")
+        return Measurement()
+    tracker = parse_tracker(rpc_tracker)
+    check_device(tracker, rpc_key)  # before minutes of compiling
+    return Measurement(tracker, rpc_key, target.library_cxx)
 
 
 @functools.cache
@@ -223,10 +256,10 @@ def has_record(db_dir: pathlib.Path, func: tirx.PrimFunc, tvm_target: tvm.target
 
 
 def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target,
-                    measurement: Measurement = Measurement()) -> list[float | None]:  # fmt: skip
+                    measurement: Measurement = Measurement(), repeat: int = 1) -> list[float | None]:  # fmt: skip
     """Seconds per call of each of ``funcs`` as ``qc compile`` builds it (a hand-written kernel as it is, any
     other function with :func:`~qcompiler.targets.cpu_schedule.schedule_default`), timed by the runner of the
-    tuning trials; None where it did not run."""
+    tuning trials (the median of ``repeat`` timings); None where it did not run."""
     scheduled = [tvm.IRModule({"main": (f if f.attrs.get(KERNEL_ATTR, False) else schedule_default(f))
                                .with_attr("global_symbol", "main")}) for f in funcs]
     built = measurement.builder().build([ms.builder.BuilderInput(m, tvm_target) for m in scheduled])
@@ -234,10 +267,10 @@ def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target,
     inputs = [ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(funcs[i]))
               for i in ok]  # fmt: skip
     seconds: list[float | None] = [None] * len(funcs)
-    with measurement.runner() as runner:
+    with measurement.runner(repeat) as runner:
         for i, future in zip(ok, runner.run(inputs) if inputs else [], strict=True):
             result = future.result()
-            seconds[i] = None if result.error_msg else float(result.run_secs[0])
+            seconds[i] = None if result.error_msg else float(np.median([float(t) for t in result.run_secs]))
     return seconds
 
 
@@ -245,19 +278,26 @@ def region_seconds(fused_regions: list[tvm.IRModule], tvm_target: tvm.target.Tar
                    measurement: Measurement = Measurement()) -> list[float | None]:  # fmt: skip
     """Seconds per run of each of ``fused_regions`` (each a :func:`fused_module`): every TIR function's
     :func:`default_seconds` times its calls, summed (the Relax VM's own overhead between calls is not
-    counted). Structurally equal functions are timed once, whichever regions hold them; None for a region
-    with a function that did not run."""
+    counted). Structurally equal functions are timed once per pass, whichever regions hold them, in two
+    passes of opposite order (each the median of :data:`_REGION_REPEATS` timings); None for a region with
+    a function that did not run."""
     distinct: dict[int, tirx.PrimFunc] = {}
     uses = []
     for fused in fused_regions:
         counts, region_uses = call_counts(fused), []
         for gv, func in fused.functions_items():
             if isinstance(func, tirx.PrimFunc) and counts.get(gv.name_hint):
-                key = tvm.ir.structural_hash(func.without_attr("global_symbol"))
+                key = tvm_ffi.structural_hash(func.without_attr("global_symbol"))
                 distinct.setdefault(key, func)
                 region_uses.append((key, counts[gv.name_hint]))
         uses.append(region_uses)
     keys = list(distinct)
-    timed = dict(zip(keys, default_seconds([distinct[k] for k in keys], tvm_target, measurement), strict=True))
+    funcs = [distinct[k] for k in keys]
+    # timed in one pass forward and one backward, averaged: a drift of the machine's speed over the session
+    # (clocks, a neighbour) would otherwise favour whichever functions come first
+    forward = default_seconds(funcs, tvm_target, measurement, _REGION_REPEATS)
+    backward = default_seconds(funcs[::-1], tvm_target, measurement, _REGION_REPEATS)[::-1]
+    timed = {k: None if a is None or b is None else (a + b) / 2
+             for k, a, b in zip(keys, forward, backward, strict=True)}
     return [None if any(timed[k] is None for k, _ in region_uses) else sum(timed[k] * n for k, n in region_uses)
             for region_uses in uses]

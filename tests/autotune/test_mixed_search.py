@@ -109,7 +109,9 @@ def test_an_input_width_that_cannot_apply_is_warned_about(data):
 @pytest.mark.parametrize(("options", "message"), [
     ({"method": "annealing"}, "method 'annealing' is not one of ilp, random"),
     ({"budget": 0.0}, r"budget 0.0 must be a fraction in \(0, 1\]"),
-    ({"objective": "latency"}, "objective 'latency' is not one of size, bops"),
+    ({"objective": "speed"}, "objective 'speed' is not one of size, bops, latency"),
+    ({"rpc_tracker": "127.0.0.1:9190", "rpc_key": "board"}, "serve --objective latency only"),
+    ({"objective": "latency", "target": "cortex-m4"}, "kernels are timed for --target x86 and aarch64"),
     ({"widths": (4, 9)}, r"widths \[4, 9\] must be between 2 and 8"),
 ])
 def test_bad_arguments_are_refused_before_any_work(data, options, message):

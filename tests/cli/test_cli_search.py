@@ -35,6 +35,12 @@ CASES = {
     "bad_budget": ([*BASE, "--budget", "1.5"], r"budget 1.5 must be a fraction in (0, 1]"),
     "prior_without_trials": ([*BASE, "--method", "xgboost", "--prior", "."], "prior . holds no recipe trials"),
     "prior_for_the_ilp": ([*BASE, "--prior", "."], "prior trials serve the recipe searches"),
+    "tracker_without_latency": ([*BASE, "--rpc-tracker", "127.0.0.1:9190", "--rpc-key", "board"],
+                                "serve --objective latency only"),
+    "latency_on_an_mcu": ([*BASE, "--objective", "latency", "--target", "cortex-m4"],
+                          "kernels are timed for --target x86 and aarch64"),
+    "unreachable_tracker": ([*BASE, "--objective", "latency", "--target", "aarch64", "--rpc-tracker", "127.0.0.1:1",
+                             "--rpc-key", "board"], "127.0.0.1:1"),
 }
 
 

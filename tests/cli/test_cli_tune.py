@@ -25,7 +25,7 @@ def work(tmp_path_factory, request):
 
 CASES = {
     "mcu_target": (["tune", "cnn.onnx", "--calib", "calib.npz", "--target", "cortex-m4"],
-                   "qc tune supports --target x86"),
+                   "kernels are timed for --target x86"),
     "no_calib": (["tune", "cnn.onnx", "--calib", "nope.npz"], "--calib file 'nope.npz' does not exist"),
     "zero_trials": (["tune", "cnn.onnx", "--calib", "calib.npz", "--trials", "0"], "must be positive"),
     "compile_without_db": (["compile", "cnn.onnx", "--calib", "calib.npz", "--tuning-db", "nodb", "-o", "o"],

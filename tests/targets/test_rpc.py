@@ -1,7 +1,8 @@
 """TVM RPC: a TVM tracker and qc's RPC server for aarch64 (sessions under qemu-aarch64) on the loopback
 address. An aarch64 artifact runs through the tracker bit-exact (Python API and ``qc run``); ``qc tune
 --target aarch64`` times kernels on the device, and a schedule searched there, applied by the build, runs
-there bit-exact; refusals name the tracker, the key or the target. qemu has no cycle model: these tests
+there bit-exact; the search's latency table is measured there; refusals name the tracker, the key or the
+target. qemu has no cycle model: these tests
 prove the plumbing, not the timing."""
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 from tvm.rpc.tracker import Tracker
 
 import qcompiler
+from qcompiler.autotune.candidates import CandidateEvaluator
+from qcompiler.autotune.latency import measure_latency
 from qcompiler.config import CompileConfig
 from qcompiler.errors import QcError, TargetError
 from qcompiler.targets import aarch64, get_target, rpc, tuning
@@ -131,3 +134,18 @@ def test_refusals_name_the_tracker_the_key_or_the_target(device, tiny, tmp_path)
     with pytest.raises(QcError, match="go together"):
         qcompiler.tune(tiny[0], CALIBRATION, tmp_path / "db", CompileConfig(target="aarch64"), rpc_key=KEY)
     assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.slow
+def test_a_latency_table_is_measured_on_the_device(device, tiny):
+    """The search's per-layer latency table comes from the same runner as tuning: every layer's kernels at
+    4- and 8-bit weights timed in sessions on the device."""
+    tracker, server = device
+    before = server.sessions
+    base = CompileConfig(target="aarch64", input_shapes=SHAPES)
+    evaluator = CandidateEvaluator(tiny[0], CALIBRATION, CALIBRATION, base, samples=8)
+    table = measure_latency(evaluator, base, (4, 8), tuning.measurement_for(get_target("aarch64"), tracker, KEY))
+    assert table.measured_on == f"RPC device '{KEY}' of the tracker {tracker}"
+    assert set(table.seconds) == {layer.name for layer in evaluator.layers}
+    assert all(set(row) == {4, 8} and all(s > 0 for s in row.values()) for row in table.seconds.values())
+    assert server.sessions > before
