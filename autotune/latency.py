@@ -58,11 +58,12 @@ def layer_region(region: onnx.ModelProto, layer: str) -> onnx.ModelProto:
     or a boundary tensor has no recorded shape."""
     graph = region.graph
     nodes = [n for n in graph.node if n.name.startswith(f"{layer}/")]
+    names = {n.name for n in nodes}
     if not nodes:
         raise QcError(f"layer '{layer}' has no integer nodes in the integer model (expected nodes named '{layer}/...')")
     inits = {t.name: t for t in graph.initializer}
     produced = {out for n in nodes for out in n.output}
-    read_outside = {name for n in graph.node if n not in nodes for name in n.input} | {v.name for v in graph.output}
+    read_outside = {name for n in graph.node if n.name not in names for name in n.input} | {v.name for v in graph.output}
     inputs = list(dict.fromkeys(name for n in nodes for name in n.input
                                 if name and name not in produced and name not in inits))
     outputs = [name for n in nodes for name in n.output if name in read_outside]

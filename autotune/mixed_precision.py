@@ -25,8 +25,8 @@ from qcompiler.config import CompileConfig
 from qcompiler.errors import QcError
 from qcompiler.qmath import packed_bytes
 
-__all__ = ["OBJECTIVES", "config_cost", "layer_cost", "layer_input_bits", "width_problem", "widths_config", "budget_limit", "base_cost", "ilp_config",
-           "random_configs"]
+__all__ = ["OBJECTIVES", "base_cost", "budget_limit", "config_cost", "ilp_config", "layer_cost", "layer_input_bits",
+           "random_configs", "width_problem", "widths_config"]
 
 OBJECTIVES = ("size", "bops", "latency")
 

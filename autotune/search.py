@@ -102,8 +102,9 @@ def search(model, calibration, evaluation, target: str = "x86", objective: str =
     if objective != "latency" and rpc_tracker is not None:
         raise QcError("--rpc-tracker/--rpc-key measure latency tables: they serve --objective latency only")
     base = (base or CompileConfig()).replace(target=target)
-    mantissa_bits = get_target(base.target, **base.target_options).requant_mantissa_bits
-    measurement = measurement_for(get_target(base.target, **base.target_options), rpc_tracker, rpc_key) \
+    compile_target = get_target(base.target, **base.target_options)
+    mantissa_bits = compile_target.requant_mantissa_bits
+    measurement = measurement_for(compile_target, rpc_tracker, rpc_key) \
         if objective == "latency" else None  # refused before anything is written or calibrated
     settings = {"objective": objective, "budget": budget, "method": method, "trials": trials,
                 "widths": sorted(widths), "sensitivity": sensitivity if method != "random" else None,

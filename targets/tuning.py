@@ -255,32 +255,37 @@ def has_record(db_dir: pathlib.Path, func: tirx.PrimFunc, tvm_target: tvm.target
     return database.query_tuning_record(_workload(func), tvm_target, "main") is not None
 
 
-def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target,
-                    measurement: Measurement = Measurement(), repeat: int = 1) -> list[float | None]:  # fmt: skip
+def default_seconds(funcs: list[tirx.PrimFunc], tvm_target: tvm.target.Target, measurement: Measurement = Measurement(),
+                    repeat: int = 1, both_orders: bool = False) -> list[float | None]:  # fmt: skip
     """Seconds per call of each of ``funcs`` as ``qc compile`` builds it (a hand-written kernel as it is, any
     other function with :func:`~qcompiler.targets.cpu_schedule.schedule_default`), timed by the runner of the
-    tuning trials (the median of ``repeat`` timings); None where it did not run."""
+    tuning trials (the median of ``repeat`` timings); None where it did not run. ``both_orders``: timed once
+    in the given order and once in reverse, in one runner session, and averaged, so that a drift of the
+    machine's speed over the session (clocks, a neighbour) does not favour whichever functions come first."""
     scheduled = [tvm.IRModule({"main": (f if f.attrs.get(KERNEL_ATTR, False) else schedule_default(f))
                                .with_attr("global_symbol", "main")}) for f in funcs]
     built = measurement.builder().build([ms.builder.BuilderInput(m, tvm_target) for m in scheduled])
-    ok = [i for i, b in enumerate(built) if not b.error_msg]
-    inputs = [ms.runner.RunnerInput(built[i].artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(funcs[i]))
-              for i in ok]  # fmt: skip
-    seconds: list[float | None] = [None] * len(funcs)
+    inputs = {i: ms.runner.RunnerInput(b.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(funcs[i]))
+              for i, b in enumerate(built) if not b.error_msg}  # fmt: skip
+    orders = [list(inputs), list(inputs)[::-1]] if both_orders else [list(inputs)]
+    passes = []
     with measurement.runner(repeat) as runner:
-        for i, future in zip(ok, runner.run(inputs) if inputs else [], strict=True):
-            result = future.result()
-            seconds[i] = None if result.error_msg else float(np.median([float(t) for t in result.run_secs]))
-    return seconds
+        for order in orders:
+            seconds: list[float | None] = [None] * len(funcs)
+            for i, future in zip(order, runner.run([inputs[i] for i in order]) if order else [], strict=True):
+                result = future.result()
+                seconds[i] = None if result.error_msg else float(np.median([float(t) for t in result.run_secs]))
+            passes.append(seconds)
+    return [None if None in values else sum(values) / len(values) for values in zip(*passes, strict=True)]
 
 
 def region_seconds(fused_regions: list[tvm.IRModule], tvm_target: tvm.target.Target,
                    measurement: Measurement = Measurement()) -> list[float | None]:  # fmt: skip
     """Seconds per run of each of ``fused_regions`` (each a :func:`fused_module`): every TIR function's
     :func:`default_seconds` times its calls, summed (the Relax VM's own overhead between calls is not
-    counted). Structurally equal functions are timed once per pass, whichever regions hold them, in two
-    passes of opposite order (each the median of :data:`_REGION_REPEATS` timings); None for a region with
-    a function that did not run."""
+    counted). Structurally equal functions are built once and timed once per order, whichever regions hold
+    them (``both_orders``, each the median of :data:`_REGION_REPEATS` timings); None for a region with a
+    function that did not run."""
     distinct: dict[int, tirx.PrimFunc] = {}
     uses = []
     for fused in fused_regions:
@@ -291,13 +296,7 @@ def region_seconds(fused_regions: list[tvm.IRModule], tvm_target: tvm.target.Tar
                 distinct.setdefault(key, func)
                 region_uses.append((key, counts[gv.name_hint]))
         uses.append(region_uses)
-    keys = list(distinct)
-    funcs = [distinct[k] for k in keys]
-    # timed in one pass forward and one backward, averaged: a drift of the machine's speed over the session
-    # (clocks, a neighbour) would otherwise favour whichever functions come first
-    forward = default_seconds(funcs, tvm_target, measurement, _REGION_REPEATS)
-    backward = default_seconds(funcs[::-1], tvm_target, measurement, _REGION_REPEATS)[::-1]
-    timed = {k: None if a is None or b is None else (a + b) / 2
-             for k, a, b in zip(keys, forward, backward, strict=True)}
+    timed = dict(zip(distinct, default_seconds(list(distinct.values()), tvm_target, measurement, _REGION_REPEATS,
+                                               both_orders=True), strict=True))
     return [None if any(timed[k] is None for k, _ in region_uses) else sum(timed[k] * n for k, n in region_uses)
             for region_uses in uses]
