@@ -23,7 +23,7 @@ from qcompiler.errors import TargetError
 if TYPE_CHECKING:
     from qcompiler.targets._runtime import CompiledModule
 
-__all__ = ["Progress", "Target", "option"]
+__all__ = ["Progress", "Target", "option", "parse_bool"]
 
 #: ``progress(step)`` is called with a short step name ("lower", "build", "export") before each step.
 Progress = Callable[[str], None]
@@ -95,6 +95,19 @@ class Target:
         """What :meth:`load` gives on the target machine, run here through an emulator (qemu)."""
         raise TargetError(f"target {self.name!r} has no emulator: load it with qcompiler.load() on a machine "
                           "that can run it")
+
+
+def parse_bool(value: Any, what: str) -> bool:
+    """A bool, or "true"/"false"/"1"/"0"/"on"/"off" (CLI options arrive as strings); ``what`` names the
+    option in the error, e.g. "x86: amx"."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise TargetError(f"{what}={value!r} is not a boolean (true/false)")
 
 
 def _jsonable(value: Any) -> Any:

@@ -64,8 +64,10 @@ __all__ = [
     "gemm_func",
     "pack_conv_input_func",
     "pack_conv_weight",
+    "pack_depthwise_weight",
     "pack_gemm_operand_func",
     "pack_gemm_weight",
+    "pad_columns_func",
     "weight_pair_magnitude",
 ]
 
@@ -78,6 +80,11 @@ class DotProduct:
     lanes: int
     a_dtype: str
     llvm_intrinsic: str
+    #: the 2-way int16 multiply-add the depthwise kernel pairs taps on (``vpdpwssd``, which accumulates, or
+    #: ``vpmaddwd``); None: it multiplies widened int32 lanes instead.
+    pair_intrinsic: str | None = None
+    #: the GEMM's K is padded to a multiple of this (one instruction's bytes per lane).
+    k_multiple = 4
 
     @property
     def a_vector(self) -> str:
@@ -95,6 +102,27 @@ class DotProduct:
         consecutive reduction positions (K of a GEMM, input channels of a convolution) is
         ``pair_magnitude``: this one, unless a faster one is exact for such weights."""
         return self
+
+    def for_gemm(self, k: int) -> DotProduct:
+        """The kernels for a GEMM of reduction length ``k``: this instruction's."""
+        return self
+
+    def columns(self, n: int) -> int:
+        """``Np``: the padded column count of a GEMM output with ``n`` columns (:func:`gemm_columns`)."""
+        return gemm_columns(n, self.lanes)
+
+    def gemm(self, m: int, k: int, n: int, a_dtype: str, requant_dtype: str | None, name: str, batch: int = 1,
+             weight_batch: int = 1) -> tvm.tirx.PrimFunc:
+        """The GEMM kernel on this instruction (:func:`gemm_func`)."""
+        return gemm_func(m, k, n, a_dtype, self, requant_dtype, name, batch, weight_batch)
+
+    def pair_call(self, acc, x, w):
+        """``acc[l] + x[2l] w[2l] + x[2l + 1] w[2l + 1]`` on int16 vectors of ``2 * lanes`` (needs
+        :attr:`pair_intrinsic`)."""
+        madd = T.llvm_lookup_intrinsic_id(self.pair_intrinsic)
+        if "vpdpwssd" in self.pair_intrinsic:
+            return T.call_llvm_pure_intrin(madd, acc, x, w, dtype=f"int32x{self.lanes}")
+        return acc + T.call_llvm_pure_intrin(madd, x, w, dtype=f"int32x{self.lanes}")
 
     def call(self, acc, a, b):
         """``acc + dot4(a, b)`` as a TIR expression (``a``, ``b``: byte vectors of :attr:`a_vector`)."""
@@ -176,13 +204,14 @@ def weight_pair_magnitude(w: np.ndarray, axis: int) -> int:
 
 
 #: AVX-512 VNNI ``vpdpbusd zmm``: 16 lanes, uint8 x int8.
-AVX512_VNNI = DotProduct("avx512-vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
+AVX512_VNNI = DotProduct("avx512-vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpwssd.512")
 #: AVX-VNNI ``vpdpbusd ymm`` (VEX-encoded, CPUs without AVX-512): 8 lanes, uint8 x int8.
-AVX_VNNI = DotProduct("avx-vnni", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256")
+AVX_VNNI = DotProduct("avx-vnni", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256", "llvm.x86.avx512.vpdpwssd.256")
 #: AVX2 ``vpmaddwd ymm`` pairs (:class:`PairwiseDotProduct`): 8 lanes, uint8 x int8.
-AVX2 = PairwiseDotProduct("avx2", 8, "uint8", "llvm.x86.avx2.pmadd.wd")
+AVX2 = PairwiseDotProduct("avx2", 8, "uint8", "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pmadd.wd")
 #: AVX2 ``vpmaddubsw`` + ``vpmaddwd ymm`` (:class:`NarrowPairwiseDotProduct`): 8 lanes, uint8 x small int8.
-AVX2_NARROW = NarrowPairwiseDotProduct("avx2-narrow", 8, "uint8", "llvm.x86.avx2.pmadd.wd")
+AVX2_NARROW = NarrowPairwiseDotProduct("avx2-narrow", 8, "uint8", "llvm.x86.avx2.pmadd.wd",
+                                       "llvm.x86.avx2.pmadd.wd")
 #: Arm ``sdot v.4s, v.16b, v.16b`` (the dotprod extension): 4 lanes, int8 x int8.
 SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
@@ -202,9 +231,9 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def pack_gemm_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+def pack_gemm_weight(w: np.ndarray, lanes: int, columns: int | None = None, k_multiple: int = 4) -> np.ndarray:
     """``w[K, N]`` int8 -> ``wp[Np/L, Kp/4, L, 4]``, ``wp[no, ko, ni, t] = w[4 ko + t, L no + ni]``, zero-padded
-    (``Np``: :func:`gemm_columns`).
+    to ``Np = columns`` (default :func:`gemm_columns`) and ``Kp`` a multiple of ``k_multiple``.
 
     >>> pack_gemm_weight(np.arange(6, dtype=np.int8).reshape(2, 3), 4)[0, 0]
     array([[0, 3, 0, 0],
@@ -213,7 +242,7 @@ def pack_gemm_weight(w: np.ndarray, lanes: int) -> np.ndarray:
            [0, 0, 0, 0]], dtype=int8)
     """
     k, n = w.shape
-    kp, np_ = 4 * _ceil(k, 4), gemm_columns(n, lanes)
+    kp, np_ = k_multiple * _ceil(k, k_multiple), columns or gemm_columns(n, lanes)
     padded = np.zeros((kp, np_), np.int8)
     padded[:k, :n] = w
     return np.ascontiguousarray(padded.reshape(kp // 4, 4, np_ // lanes, lanes).transpose(2, 0, 3, 1))
@@ -237,6 +266,12 @@ def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool):
 
     ``mult`` is int32 (qc's multipliers have at most 31 bits), so the product is a 32 x 32 -> 64-bit one
     (``vpmuldq``), not a full 64-bit multiply: the same integers, computed in fewer instructions.
+
+    The zero point is added after the clamp, in 8 bits: with ``r = (v * mult + half) >> shift``,
+    ``clamp(r + zp, qmin, qmax) = clamp(r, qmin - zp, qmax - zp) + zp`` for all integers, and that sum lies
+    in ``[qmin, qmax]``, inside the output dtype, so adding ``zp`` modulo 256 to the truncated byte (as
+    uint8: unsigned adds wrap) gives exactly its bits. This saves the two 64-bit adds per vector and
+    narrows the clamped value in one step.
     """
     wide = f"int64x{lanes}" if channel_lanes else "int64"
 
@@ -245,13 +280,16 @@ def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool):
         if requant_dtype is None:
             out[index] = v
         else:
-            out[index] = T.Cast(
-                f"{requant_dtype}x{lanes}",
-                T.max(
-                    T.min(((T.Cast(f"int64x{lanes}", v) * T.Cast(wide, mult[j]) + half[j]) >> shift[j])
-                          + T.broadcast(bounds[0], lanes), T.broadcast(bounds[2], lanes)),
-                    T.broadcast(bounds[1], lanes),
-                ),
+            out[index] = T.reinterpret(
+                T.Cast(
+                    f"uint8x{lanes}",
+                    T.max(
+                        T.min((T.Cast(f"int64x{lanes}", v) * T.Cast(wide, mult[j]) + half[j]) >> shift[j],
+                              T.broadcast(bounds[2] - bounds[0], lanes)),
+                        T.broadcast(bounds[1] - bounds[0], lanes),
+                    ),
+                ) + T.broadcast(T.Cast("uint8", bounds[0] & T.int64(0xFF)), lanes),
+                dtype=f"{requant_dtype}x{lanes}",
             )
 
     return store
@@ -370,10 +408,32 @@ def gemm_func(
 
 
 @_kernel_cache
-def pack_gemm_operand_func(batch: int, k: int, n: int, b_dtype: str, lanes: int, name: str) -> tvm.tirx.PrimFunc:
+def pad_columns_func(batch: int, m: int, k: int, kp: int, dtype: str, name: str) -> tvm.tirx.PrimFunc:
+    """``a[batch, M, K] -> out[batch, M, Kp]``, zero-filled past K (a GEMM operand padded to whole
+    instructions): one row per parallel iteration, two plain loops LLVM vectorizes (a generic pad tests
+    every element)."""
+
+    @T.prim_func(s_tir=True)
+    def pad(a: T.Buffer((batch, m, k), dtype), out: T.Buffer((batch, m, kp), dtype)):
+        T.func_attr({"global_symbol": name, "tir.noalias": True})
+        with T.sblock("root"):  # (Relax's layout analysis requires a root block)
+            for row in T.parallel(batch * m):
+                for j in range(k):
+                    out[row // m, row % m, j] = a[row // m, row % m, j]
+                for j in range(kp - k):
+                    out[row // m, row % m, k + j] = T.Cast(dtype, 0)
+
+    return pad
+
+
+@_kernel_cache
+def pack_gemm_operand_func(
+    batch: int, k: int, n: int, b_dtype: str, lanes: int, name: str, columns: int | None = None, k_multiple: int = 4
+) -> tvm.tirx.PrimFunc:
     """Run-time :func:`pack_gemm_weight` of an activation ``b[batch, K, N]`` -> ``bp[batch, Np/L, Kp/4, L, 4]``
-    as int8 (a uint8 ``b`` with its sign bit flipped, i.e. ``b - 128``), zero-padded."""
-    kp, blocks = 4 * _ceil(k, 4), gemm_columns(n, lanes) // lanes
+    as int8 (a uint8 ``b`` with its sign bit flipped, i.e. ``b - 128``), zero-padded (``columns``,
+    ``k_multiple``: as there)."""
+    kp, blocks = k_multiple * _ceil(k, k_multiple), (columns or gemm_columns(n, lanes)) // lanes
     b = te.placeholder((batch, k, n), b_dtype, name="b")
 
     def value(bt, no, ko, ni, t):
@@ -449,17 +509,15 @@ def conv_grid(geometry: ConvGeometry, lanes: int, tile: tuple[int, int] | None =
 
 @_kernel_cache
 def pack_conv_input_func(
-    geometry: ConvGeometry, a_dtype: str, lanes: int, name: str, depthwise: bool = False
+    geometry: ConvGeometry, a_dtype: str, name: str, block: int, blocks: int, flat: int
 ) -> tvm.tirx.PrimFunc:
-    """``x[B, C, H, W] -> xp[B, C/cb, sh, sw, F, cb]`` (phase planes, zero-filled; see the module docstring)
-    with channel blocks ``cb`` of 4 for :func:`conv2d_func`, of 1 for :func:`depthwise_conv2d_func`; the
-    convolution's padding becomes zeros here. Parallel over (batch, channel block); rows and columns are
-    loops of their own (no index division)."""
+    """``x[B, C, H, W] -> xp[B, blocks, sh, sw, flat, block]`` (phase planes of ``flat`` pixels, from
+    :func:`conv_grid`; zero-filled, see the module docstring) with channel blocks of ``block`` channels: 4
+    for :func:`conv2d_func`, 1 for :func:`depthwise_conv2d_func`; ``blocks >= C / block`` (blocks past the
+    channels are zeros). The convolution's padding becomes zeros here. Parallel over (batch, channel
+    block); rows and columns are loops of their own (no index division)."""
     g = geometry
     (sh, sw), (hq, wq) = g.strides, g.plane
-    block = 1 if depthwise else 4
-    blocks = _ceil(g.channels, block)
-    _, _, flat = conv_grid(g, lanes, DEPTHWISE_TILE if depthwise else None)
     zero = tvm.tirx.const(0, a_dtype)  # ConvInteger without a zero point pads with 0
     top, left = g.pads[:2]
 
@@ -548,30 +606,61 @@ def conv2d_func(
     return conv
 
 
+def pack_depthwise_weight(w: np.ndarray, paired: bool) -> np.ndarray:
+    """``w[C, 1, KH, KW]`` int8 -> int32 words ``[C, taps]``: one tap's value each,
+    or, ``paired``, taps ``2p`` and ``2p + 1`` as the int16 halves of word ``p`` (low half first, the missing
+    partner of an odd last tap 0).
+
+    >>> pack_depthwise_weight(np.array([-1, 2, 3], np.int8).reshape(1, 1, 1, 3), paired=True).view(np.int16)
+    array([[-1,  2,  3,  0]], dtype=int16)
+    """
+    taps = w.reshape(w.shape[0], -1).astype(np.int32)
+    if not paired:
+        return taps
+    halves = np.zeros((taps.shape[0], 2 * _ceil(taps.shape[1], 2)), np.int16)
+    halves[:, : taps.shape[1]] = taps
+    return halves.view(np.int32)
+
+
 @_kernel_cache
 def depthwise_conv2d_func(
-    geometry: ConvGeometry, a_dtype: str, lanes: int, requant_dtype: str | None, name: str
+    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant_dtype: str | None, name: str
 ) -> tvm.tirx.PrimFunc:
     """Depthwise convolution (``group = C = O``): ``out[B, C, Pp] = epilogue(conv(xp, w) + corr)`` on the
-    padded grid, on int32 lanes (each output channel reads one input channel, so there is no 4-way sum for
-    a dot-product instruction: the activations are widened exactly and multiplied by the broadcast weight).
+    padded grid, on int32 lanes of ``dot``. Each output channel reads one input channel, so there is no
+    4-way sum for a dot-product instruction. With :attr:`DotProduct.pair_intrinsic`, two taps' pixels are
+    interleaved and widened exactly to int16 (``[x_a[0], x_b[0], x_a[1], x_b[1], ...]``) and one 2-way
+    multiply-add adds both taps of a pixel: every product fits int16 (``|x| <= 255``, ``|w| <= 128``) and
+    the pair sum int32, and ``vpdpwssd`` wraps modulo 2**32 as the reference's int32 sum does. Without it,
+    the activations are widened to int32 and multiplied by the broadcast weight.
 
     Args ``(xp, w, corr, mult, half, shift, bounds, out)``: ``xp`` from :func:`pack_conv_input_func` with
-    ``depthwise=True``, ``w[C, KH * KW]`` int32, per-channel arrays of C entries. The caller crops
-    ``[:, :, :OH * Wq]``.
+    channel blocks of 1, ``w`` from :func:`pack_depthwise_weight` (paired when ``dot`` pairs), per-channel
+    arrays of C entries. The caller crops ``[:, :, :OH * Wq]``.
     """
-    g = geometry
+    g, lanes = geometry, dot.lanes
     (kh, kw), (sh, sw), (dh, dw), wq = g.kernel, g.strides, g.dilations, g.plane[1]
     _, pp, flat = conv_grid(g, lanes, DEPTHWISE_TILE)
     pb = DEPTHWISE_TILE[1]
     out_dtype = requant_dtype or "int32"
     store = _epilogue(requant_dtype, lanes, channel_lanes=False)
     pixel_blocks = pp // (pb * lanes)
+    paired = dot.pair_intrinsic is not None
+    taps = kh * kw
+    words = _ceil(taps, 2) if paired else taps
+    interleave = [i // 2 + lanes * (i % 2) for i in range(2 * lanes)]
+
+    def pixels(xp, t, j, tap):
+        """``lanes`` pixels of block ``j`` of task ``t`` read by tap number ``tap``."""
+        return xp.vload([t // (g.channels * pixel_blocks), t // pixel_blocks % g.channels,
+                  tap // kw * dh % sh, tap % kw * dw % sw,
+                  t % pixel_blocks * (pb * lanes) + j * lanes + tap // kw * dh // sh * wq + tap % kw * dw // sw, 0],
+                 f"{a_dtype}x{lanes}")
 
     @T.prim_func(s_tir=True)
     def depthwise(
         xp: T.Buffer((g.batch, g.channels, sh, sw, flat, 1), a_dtype),
-        w: T.Buffer((g.channels, kh * kw), "int32"),
+        w: T.Buffer((g.channels, words), "int32"),
         corr: T.Buffer((g.channels,), "int32"),
         mult: T.Buffer((g.channels,), "int32"),
         half: T.Buffer((g.channels,), "int64"),
@@ -585,16 +674,22 @@ def depthwise_conv2d_func(
             acc = T.alloc_buffer((pb, lanes), "int32", scope="global")  # small global: a stack array
             for j in T.unroll(pb):
                 acc[j, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
-            for dy in T.unroll(kh):
-                for dx in T.unroll(kw):
+            if paired:
+                for q in T.unroll(words):
+                    for j in T.unroll(pb):
+                        acc[j, T.ramp(0, 1, lanes)] = dot.pair_call(
+                            acc[j, T.ramp(0, 1, lanes)],
+                            T.Cast(f"int16x{2 * lanes}", T.Shuffle(
+                                [pixels(xp, t, j, 2 * q), pixels(xp, t, j, T.min(2 * q + 1, taps - 1))], interleave)),
+                            T.reinterpret(T.broadcast(w[t // pixel_blocks % g.channels, q], lanes),
+                                          dtype=f"int16x{2 * lanes}"),
+                        )
+            else:
+                for tap in T.unroll(taps):
                     for j in T.unroll(pb):
                         acc[j, T.ramp(0, 1, lanes)] = acc[j, T.ramp(0, 1, lanes)] + T.Cast(
-                            f"int32x{lanes}",
-                            xp.vload([t // (g.channels * pixel_blocks), t // pixel_blocks % g.channels,
-                                      dy * dh % sh, dx * dw % sw,
-                                      t % pixel_blocks * (pb * lanes) + j * lanes
-                                      + dy * dh // sh * wq + dx * dw // sw, 0], f"{a_dtype}x{lanes}"),
-                        ) * T.broadcast(w[t // pixel_blocks % g.channels, dy * kw + dx], lanes)
+                            f"int32x{lanes}", pixels(xp, t, j, tap)
+                        ) * T.broadcast(w[t // pixel_blocks % g.channels, tap], lanes)
             for j in T.serial(pb):
                 store(out, [t // (g.channels * pixel_blocks), t // pixel_blocks % g.channels,
                             T.ramp(t % pixel_blocks * (pb * lanes) + j * lanes, 1, lanes)],

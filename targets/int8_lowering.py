@@ -1,5 +1,7 @@
 """Converters that lower ``MatMulInteger`` / ``ConvInteger`` with their epilogue onto the int8 kernels of
-:mod:`qcompiler.targets.int8_kernels`, for any target whose capability table names a :class:`DotProduct`.
+:mod:`qcompiler.targets.int8_kernels`, for any target whose capability table names a :class:`DotProduct`,
+or onto the AMX tile kernels of :mod:`qcompiler.targets.amx_kernels` (a :class:`TileProduct`: GEMMs and
+convolutions of enough input channels; the rest on its vector instruction).
 
 The converter fuses the chain of sole consumers that the integer passes emit after a GEMM or convolution:
 
@@ -24,6 +26,7 @@ from tvm import relax
 
 from qcompiler import intops
 from qcompiler.targets import relax_lowering
+from qcompiler.targets.amx_kernels import AMX_CONV_TILE, TileProduct, amx_conv2d_func, pack_amx_conv_weight
 from qcompiler.targets.int8_kernels import (
     DEPTHWISE_TILE,
     ConvGeometry,
@@ -31,12 +34,12 @@ from qcompiler.targets.int8_kernels import (
     conv2d_func,
     conv_grid,
     depthwise_conv2d_func,
-    gemm_columns,
-    gemm_func,
     pack_conv_input_func,
     pack_conv_weight,
+    pack_depthwise_weight,
     pack_gemm_operand_func,
     pack_gemm_weight,
+    pad_columns_func,
     weight_pair_magnitude,
 )
 
@@ -147,32 +150,34 @@ def _call(n: _Node, func: tvm.tirx.PrimFunc, args: list, shape: list[int], dtype
     return n.emit(relax.call_tir(gv, args, relax.TensorType(shape, dtype)))
 
 
-def _symbol(dot: DotProduct, kind: str, *parts) -> str:
+def _symbol(dot: DotProduct | TileProduct, kind: str, *parts) -> str:
     return "_".join([f"qc_{dot.name.replace('-', '_')}_{kind}", *(str(p) for p in parts)])
 
 
-def _pad_k(n: _Node, a: relax.Expr, k: int) -> relax.Expr:
-    """``a[..., K]`` zero-padded to a multiple of 4 columns."""
-    kp = -(-k // 4) * 4
+def _pad_k(n: _Node, a: relax.Expr, k: int, multiple: int) -> relax.Expr:
+    """``a[batch, M, K]`` zero-padded to a multiple of ``multiple`` columns."""
+    kp = -(-k // multiple) * multiple
     if kp == k:
         return a
-    widths = [0, 0] * (len(_shape(a)) - 1) + [0, kp - k]
-    return n.emit(R.nn.pad(a, pad_width=widths, pad_value=0))
+    batch, m, _ = _shape(a)
+    dtype = str(a.ty.dtype)
+    return _call(n, pad_columns_func(batch, m, k, kp, dtype, f"qc_pad_columns_{dtype}_{batch}x{m}x{k}x{kp}"), [a],
+                 [batch, m, kp], dtype)
 
 
 def _gemm_call(
-    n: _Node, dot: DotProduct, a: relax.Expr, a_dtype: str, packed: relax.Expr, corr: relax.Expr,
+    n: _Node, dot: DotProduct | TileProduct, a: relax.Expr, a_dtype: str, packed: relax.Expr, corr: relax.Expr,
     row_corr: relax.Expr, epilogue: _Epilogue, dims: tuple[int, int, int, int, int], tag: str,
 ) -> relax.Expr:
-    """``out[batch, M, N]`` of :func:`gemm_func` on an already K-padded ``a[batch, M, Kp]``; ``dims`` is
+    """``out[batch, M, N]`` of ``dot``'s GEMM kernel on an already K-padded ``a[batch, M, Kp]``; ``dims`` is
     ``(batch, weight_batch, M, K, N)``."""
     batch, weight_batch, m, k, cols = dims
-    np_ = gemm_columns(cols, dot.lanes)
+    np_ = dot.columns(cols)
     out_dtype = epilogue.requant_dtype or "int32"
     name = _symbol(dot, tag, a_dtype, out_dtype, "x".join(str(d) for d in (batch, m, k, cols)))
     out = _call(
         n,
-        gemm_func(m, k, cols, a_dtype, dot, epilogue.requant_dtype, name, batch, weight_batch),
+        dot.gemm(m, k, cols, a_dtype, epilogue.requant_dtype, name, batch, weight_batch),
         [a, packed, corr, row_corr, *_requant_args(epilogue, np_)],
         [batch, m, np_],
         out_dtype,
@@ -180,20 +185,21 @@ def _gemm_call(
     return out if np_ == cols else n.emit(R.strided_slice(out, axes=[2], begin=[0], end=[cols]))
 
 
-def _matmul(dot: DotProduct, n: _Node) -> relax.Expr:
-    """``a[..., K] x w[K, N]`` (+ epilogue) on :func:`gemm_func`, ``a`` flattened to rows."""
+def _matmul(dot: DotProduct | TileProduct, n: _Node) -> relax.Expr:
+    """``a[..., K] x w[K, N]`` (+ epilogue) on ``dot``'s GEMM kernel, ``a`` flattened to rows."""
     if not _fits(n) or n.const(1).ndim != 2:
         return _GENERIC[("", "MatMulInteger")](n)
     a, w, a_dtype = n.arg(0), n.const(1), str(n.arg(0).ty.dtype)
-    dot = dot.for_weights(weight_pair_magnitude(w, axis=0))
     (k, cols), lead = w.shape, n.shape(0)[:-1]
+    dot = dot.for_gemm(k).for_weights(weight_pair_magnitude(w, axis=0))
     rows = math.prod(lead)
     epilogue = _absorb_epilogue(n, len(lead) + 1, len(lead), cols)
-    np_ = gemm_columns(cols, dot.lanes)
+    np_ = dot.columns(cols)
     correction = -dot.flip_correction(a_dtype) * w.astype(np.int64).sum(axis=0)
     out = _gemm_call(
-        n, dot, _pad_k(n, n.emit(R.reshape(a, [1, rows, k])), k), a_dtype,
-        _const(pack_gemm_weight(w, dot.lanes)[None]), _const(_column_corr(epilogue, correction, np_)[None]),
+        n, dot, _pad_k(n, n.emit(R.reshape(a, [1, rows, k])), k, dot.k_multiple), a_dtype,
+        _const(pack_gemm_weight(w, dot.lanes, np_, dot.k_multiple)[None]),
+        _const(_column_corr(epilogue, correction, np_)[None]),
         _const(np.zeros((1, rows), np.int32)), epilogue, (1, 1, rows, k, cols), "gemm",
     )
     return R.reshape(out, [*lead, cols])
@@ -222,9 +228,9 @@ def _widened(n: _Node, name: str) -> tuple[relax.Expr, str, int] | None:
     return (x, dtype, zero_point) if dtype in ("int8", "uint8") else None
 
 
-def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
+def _activation_matmul(dot: DotProduct | TileProduct, n: _Node) -> relax.Expr:
     """int32 ``MatMul((a - za), (b - zb))`` of two widened 8-bit activations (attention's Q.K^T and A.V) on
-    :func:`gemm_func`, batched over the leading dimensions, ``b`` packed at run time.
+    ``dot``'s GEMM kernel, batched over the leading dimensions, ``b`` packed at run time.
 
     With ``A' = a + fa`` the bytes the instruction reads (``fa`` the sign-flip offset) and ``B' = b - fb``
     (``fb = 128`` for a uint8 ``b``, fed as int8): ``(a - za) = A' - za'`` and ``(b - zb) = B' - zb'`` with
@@ -241,7 +247,8 @@ def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
         return _GENERIC[("", "MatMul")](n)
     (a, a_dtype, za), (b, b_dtype, zb) = operands
     lead, (m, k), cols = shapes[0][:-2], shapes[0][-2:], shapes[1][-1]
-    batch, np_ = math.prod(lead), gemm_columns(cols, dot.lanes)
+    dot = dot.for_gemm(k)
+    batch, np_ = math.prod(lead), dot.columns(cols)
     fa, fb = dot.flip_correction(a_dtype), (128 if b_dtype == "uint8" else 0)
     za, zb = za + fa, zb - fb
     epilogue = _absorb_epilogue(n, len(lead) + 2, len(lead) + 1, cols)
@@ -256,18 +263,21 @@ def _activation_matmul(dot: DotProduct, n: _Node) -> relax.Expr:
     if np_ != cols:
         col_corr = R.nn.pad(col_corr, pad_width=[0, 0, 0, np_ - cols], pad_value=0)
     packed = _call(
-        n, pack_gemm_operand_func(batch, k, cols, b_dtype, dot.lanes, _symbol(dot, "pack", b_dtype, batch, k, cols)),
-        [b3], [batch, np_ // dot.lanes, -(-k // 4), dot.lanes, 4], "int8",
+        n,
+        pack_gemm_operand_func(batch, k, cols, b_dtype, dot.lanes, _symbol(dot, "pack", b_dtype, batch, k, cols),
+                               np_, dot.k_multiple),
+        [b3], [batch, np_ // dot.lanes, -(-k // dot.k_multiple) * dot.k_multiple // 4, dot.lanes, 4], "int8",
     )
     out = _gemm_call(
-        n, dot, _pad_k(n, a3, k), a_dtype, packed, n.emit(col_corr), row_corr, epilogue,
+        n, dot, _pad_k(n, a3, k, dot.k_multiple), a_dtype, packed, n.emit(col_corr), row_corr, epilogue,
         (batch, batch, m, k, cols), "batched_gemm",
     )
     return R.reshape(out, [*lead, m, cols])
 
 
-def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
-    """2-D ConvInteger, ``group == 1`` on :func:`conv2d_func` and depthwise (``group = C = O``) on
+def _conv(dot: DotProduct | TileProduct, n: _Node) -> relax.Expr:
+    """2-D ConvInteger, ``group == 1`` on :func:`conv2d_func` (on AMX tiles :func:`amx_conv2d_func`, from
+    :attr:`TileProduct.min_conv_channels` input channels) and depthwise (``group = C = O``) on
     :func:`depthwise_conv2d_func` (padding done while packing the input); other groupings are lowered
     generically."""
     window = relax_lowering._window(n, 2) if len(n.shape(0)) == 4 else None
@@ -279,33 +289,41 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
     depthwise = group == c == w.shape[0] and w.shape[1] == 1 and c > 1
     if group != 1 and not depthwise:
         return _GENERIC[("", "ConvInteger")](n)
+    if isinstance(dot, TileProduct) and (depthwise or c < dot.min_conv_channels):
+        dot = dot.vector
     if not depthwise:
         dot = dot.for_weights(weight_pair_magnitude(w, axis=1))
+    tiled = isinstance(dot, TileProduct)
     geometry = ConvGeometry(
         b, c, h, wd, w.shape[0], (w.shape[2], w.shape[3]),
         tuple(int(v) for v in window["strides"]), tuple(int(v) for v in window["dilation"]),
         tuple(int(v) for v in window["padding"]),
     )
     (oh, ow), wq = geometry.out_size, geometry.plane[1]
-    op, pp, flat = conv_grid(geometry, dot.lanes, DEPTHWISE_TILE if depthwise else None)
+    op, pp, flat = conv_grid(geometry, dot.lanes, AMX_CONV_TILE if tiled else DEPTHWISE_TILE if depthwise else None)
     epilogue = _absorb_epilogue(n, 4, 1, w.shape[0])
     out_dtype = epilogue.requant_dtype or "int32"
     tag = "x".join(str(v) for v in (b, c, h, wd, *w.shape, *geometry.strides, *geometry.dilations, *geometry.pads))
     name = _symbol(dot, "depthwise_conv2d" if depthwise else "conv2d", a_dtype, out_dtype, tag)
     sh, sw = geometry.strides
     block = 1 if depthwise else 4
+    blocks = 16 * -(-c // 64) if tiled else -(-c // block)
     planes = _call(
-        n, pack_conv_input_func(geometry, a_dtype, dot.lanes, name + "_pack", depthwise), [x],
-        [b, -(-c // block), sh, sw, flat, block], a_dtype,
+        n, pack_conv_input_func(geometry, a_dtype, name + "_pack", block, blocks, flat), [x],
+        [b, blocks, sh, sw, flat, block], a_dtype,
     )
     if depthwise:
-        func = depthwise_conv2d_func(geometry, a_dtype, dot.lanes, epilogue.requant_dtype, name)
-        weight = _const(w.reshape(c, -1).astype(np.int32))
-        correction = np.zeros(c, np.int64)  # activations are widened exactly: nothing to correct
+        func = depthwise_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
+        weight = _const(pack_depthwise_weight(w, paired=dot.pair_intrinsic is not None))
+    elif tiled:
+        func = amx_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
+        weight = _const(pack_amx_conv_weight(w, op))
     else:
         func = conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
         weight = _const(pack_conv_weight(w, op))
-        correction = -dot.flip_correction(a_dtype) * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+    # the sign-flip correction (0 for depthwise, which widens exactly, and for tiles, which read both types)
+    flip = 0 if depthwise else dot.flip_correction(a_dtype)
+    correction = -flip * w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
     grid = _call(
         n, func, [planes, weight, _const(_column_corr(epilogue, correction, op)), *_requant_args(epilogue, op)],
         [b, op, pp], out_dtype,
@@ -315,8 +333,9 @@ def _conv(dot: DotProduct, n: _Node) -> relax.Expr:
     return out if wq == ow else R.strided_slice(out, axes=[3], begin=[0], end=[ow])
 
 
-def int8_kernels(dot: DotProduct) -> dict[tuple[str, str], Callable[[_Node], relax.Expr]]:
-    """Converter overrides putting int8 GEMMs and convolutions on ``dot``'s kernels."""
+def int8_kernels(dot: DotProduct | TileProduct) -> dict[tuple[str, str], Callable[[_Node], relax.Expr]]:
+    """Converter overrides putting int8 GEMMs and convolutions on ``dot``'s kernels (AMX tiles: on tiles
+    where they gain, else on the vector instruction beside them)."""
     return {
         ("", "MatMulInteger"): lambda n: _matmul(dot, n),
         ("", "ConvInteger"): lambda n: _conv(dot, n),

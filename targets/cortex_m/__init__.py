@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from qcompiler.errors import QcError, TargetError
-from qcompiler.targets._base import Progress, Target, option
+from qcompiler.targets._base import Progress, Target, option, parse_bool
 from qcompiler.targets._build import run_step
 from qcompiler.targets._runtime import (
     CompiledModule,
@@ -111,18 +111,6 @@ def _parse_bytes(value: Any, what: str) -> int | None:
     return number
 
 
-def _parse_bool(value: Any, what: str) -> bool:
-    """A bool, or "true"/"false"/"1"/"0"/"on"/"off" (CLI options arrive as strings)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise TargetError(f"cortex-m: {what}={value!r} is not a boolean (true/false)")
-
-
 @dataclasses.dataclass(frozen=True)
 class CortexMTarget(Target):
     """A Cortex-M core (see :data:`BOARDS`). Options: ``ram_limit`` and ``flash_limit`` in bytes (also
@@ -167,9 +155,9 @@ class CortexMTarget(Target):
         object.__setattr__(self, "emulator", board.machine)
         object.__setattr__(self, "ram_limit", _parse_bytes(self.ram_limit, "ram_limit"))
         object.__setattr__(self, "flash_limit", _parse_bytes(self.flash_limit, "flash_limit"))
-        object.__setattr__(self, "arg_checks", _parse_bool(self.arg_checks, "arg_checks"))
-        object.__setattr__(self, "pack_weights", _parse_bool(self.pack_weights, "pack_weights"))
-        object.__setattr__(self, "simd", _parse_bool(self.simd, "simd"))
+        object.__setattr__(self, "arg_checks", parse_bool(self.arg_checks, "cortex-m: arg_checks"))
+        object.__setattr__(self, "pack_weights", parse_bool(self.pack_weights, "cortex-m: pack_weights"))
+        object.__setattr__(self, "simd", parse_bool(self.simd, "cortex-m: simd"))
         object.__setattr__(self, "dot_product", board.dot_product if self.simd else None)
 
     @property

@@ -15,10 +15,11 @@ import tvm
 from tvm.target import codegen
 
 from qcompiler.errors import TargetError
-from qcompiler.targets._base import Progress, Target, option
+from qcompiler.targets._base import Progress, Target, option, parse_bool
 from qcompiler.targets._build import build_relax_library
 from qcompiler.targets._database import check_database
 from qcompiler.targets._runtime import CompiledModule
+from qcompiler.targets.amx_kernels import AMX_INT8, amx_permitted
 from qcompiler.targets.int8_kernels import AVX2, AVX512_VNNI, AVX_VNNI
 from qcompiler.targets.int8_lowering import int8_kernels
 
@@ -37,11 +38,16 @@ _EXAMPLE_CPUS = (
     "znver5",
 )
 
-#: LLVM feature -> dot-product capability name, best first.
-_DOT_PRODUCTS = (("avx512vnni", "avx512-vnni"), ("avxvnni", "avx-vnni"), ("avx2", "avx2"))
+#: LLVM features -> dot-product capability name, best first.
+_DOT_PRODUCTS = (
+    (("amx-int8", "amx-tile", "avx512vnni"), "amx-int8"),
+    (("avx512vnni",), "avx512-vnni"),
+    (("avxvnni",), "avx-vnni"),
+    (("avx2",), "avx2"),
+)
 
 #: dot-product capability -> the instruction the int8 GEMM/convolution kernels are built on.
-_DOT_INSTRUCTIONS = {d.name: d for d in (AVX512_VNNI, AVX_VNNI, AVX2)}
+_DOT_INSTRUCTIONS = {d.name: d for d in (AMX_INT8, AVX512_VNNI, AVX_VNNI, AVX2)}
 
 
 def _host_cpu() -> str:
@@ -54,7 +60,9 @@ class X86Target(Target):
     ``tuning_db`` (a directory written by ``qc tune``: its schedules replace the default ones of the
     kernels they match; see :mod:`~qcompiler.targets.tuning`).
 
-    ``dot_product`` follows from ``mcpu``: "avx512-vnni", "avx-vnni", "avx2" (``vpmaddwd`` pairs) or None.
+    ``dot_product`` follows from ``mcpu``: "amx-int8" (AMX tiles beside AVX-512 VNNI), "avx512-vnni",
+    "avx-vnni", "avx2" (``vpmaddwd`` pairs) or None. ``amx=False`` keeps an AMX CPU on AVX-512 VNNI; AMX
+    is also left out when ``mcpu`` is this host's CPU and Linux refuses this process the tile state.
     """
 
     name: str = "x86"
@@ -69,6 +77,7 @@ class X86Target(Target):
     mcpu: str = option(default_factory=_host_cpu)
     num_cores: int = option(default_factory=lambda: os.cpu_count() or 1)
     tuning_db: str = option(default="")
+    amx: bool = option(default=True)
 
     def __post_init__(self) -> None:
         if self.mcpu in ("", "generic", "native") or not codegen.llvm_is_valid_cpu(self.mcpu, self.triple):
@@ -81,8 +90,11 @@ class X86Target(Target):
         if not isinstance(self.num_cores, int) or self.num_cores < 1:
             raise TargetError(f"x86: num_cores must be a positive integer, got {self.num_cores!r}")
         check_database(self.name, self.tuning_db)
+        object.__setattr__(self, "amx", parse_bool(self.amx, "x86: amx"))
         features = set(codegen.llvm_get_cpu_features(self.tvm_target()))
-        dot = next((name for feature, name in _DOT_PRODUCTS if feature in features), None)
+        if not self.amx or (self.mcpu == _host_cpu() and not amx_permitted()):
+            features.discard("amx-int8")
+        dot = next((name for needed, name in _DOT_PRODUCTS if features.issuperset(needed)), None)
         object.__setattr__(self, "dot_product", dot)
 
     def tvm_target(self) -> tvm.target.Target:

@@ -1,10 +1,11 @@
-"""The x86 int8 dot-product kernels (VNNI and AVX2 GEMM and convolution with the fused epilogue), bit-exact with
-onnxruntime over edge values: saturating inputs, zero points at the extremes, K and N that do not divide
+"""The x86 int8 kernels (AMX tiles, VNNI and AVX2 GEMM and convolution with the fused epilogue, the paired-tap
+depthwise convolution), bit-exact with onnxruntime over edge values: saturating inputs, zero points at the extremes, K and N that do not divide
 the tiles, strides and dilations; plus which nodes the lowering fuses and which it leaves to the generic
 converters."""
 
 from __future__ import annotations
 
+import doctest
 import pathlib
 
 import numpy as np
@@ -21,7 +22,8 @@ from targets_testkit import (
     requantize_params,
 )
 
-from qcompiler.targets import get_target
+from qcompiler.targets import get_target, int8_kernels
+from qcompiler.targets.amx_kernels import pack_amx_conv_weight
 from qcompiler.targets.int8_kernels import pack_gemm_weight
 from qcompiler.targets.relax_lowering import lower
 
@@ -32,7 +34,9 @@ def _cpu_flags() -> set[str]:
 
 
 #: mcpu -> the host feature its kernels need; a kernel the host cannot run is skipped, and says so.
-_INSTRUCTIONS = {"icelake-server": "avx512_vnni", "alderlake": "avx_vnni", "haswell": "avx2"}
+_INSTRUCTIONS = {
+    "sapphirerapids": "amx_int8", "icelake-server": "avx512_vnni", "alderlake": "avx_vnni", "haswell": "avx2",
+}
 _FLAGS = _cpu_flags()
 INSTRUCTION_MCPUS = [
     pytest.param(mcpu, marks=pytest.mark.skipif(flag not in _FLAGS, reason=f"host CPU lacks {flag}"))
@@ -81,7 +85,8 @@ def _saturated(model, dtype: str) -> dict:
 @pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("epilogue", [None, "uint8", "int8"])
-@pytest.mark.parametrize(("m", "k", "n"), [(7, 10, 17), (5, 13, 35), (13, 64, 48), (6, 20, 64), (1, 3, 1)])
+@pytest.mark.parametrize(("m", "k", "n"), [(7, 10, 17), (5, 13, 35), (13, 64, 48), (6, 20, 64), (1, 3, 1),
+                                           (45, 70, 40), (64, 128, 33)])
 def test_gemm_bit_exact(tmp_path, mcpu, a_dtype, epilogue, m, k, n):
     model = _gemm_region(m, k, n, a_dtype, epilogue)
     module = _compile(model, tmp_path, mcpu)
@@ -118,10 +123,16 @@ CONVS = {
     "3x2-stride23-dilation21": ((2, 6, 13, 14), (7, 6, 3, 2), {"strides": [2, 3], "dilations": [2, 1]}),
     "3x3-pads-stride21-dilation12": ((2, 3, 9, 8), (6, 3, 3, 3),
                                      {"pads": [1, 2, 0, 1], "strides": [2, 1], "dilations": [1, 2]}),
+    # >= 48 input channels: AMX tiles where the CPU has them (C padded to 64, output channels to 32)
+    "3x3-wide": ((1, 50, 9, 11), (36, 50, 3, 3), {}),
+    "1x1-stride2-wide": ((1, 64, 7, 7), (70, 64, 1, 1), {"strides": [2, 2]}),
+    "3x2-stride23-dilation21-wide": ((2, 65, 13, 14), (7, 65, 3, 2), {"strides": [2, 3], "dilations": [2, 1]}),
+    "3x3-pads-stride2-wide": ((1, 96, 10, 9), (40, 96, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 2]}),
     "depthwise-3x3": ((1, 8, 9, 11), (8, 1, 3, 3), {"group": 8}),
     "depthwise-3x3-pads": ((1, 4, 7, 6), (4, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
     "depthwise-5x5-stride2": ((2, 5, 13, 12), (5, 1, 5, 5), {"group": 5, "strides": [2, 2]}),
     "depthwise-3x3-dilation2": ((1, 3, 10, 10), (3, 1, 3, 3), {"group": 3, "dilations": [2, 2]}),
+    "depthwise-1x1": ((1, 3, 5, 7), (3, 1, 1, 1), {"group": 3}),  # one tap: paired with a zero weight
 }
 
 
@@ -171,6 +182,41 @@ def test_a_shared_accumulator_is_not_absorbed(tmp_path):
         assert_bit_exact(model, _compile(model, tmp_path, "icelake-server"), random_feeds(model, seed=4))
 
 
+def test_amx_tiles_take_gemms_and_wide_convolutions():
+    """On an AMX CPU, GEMMs of K > 64 and convolutions of >= 48 input channels run on tiles; short GEMMs,
+    narrow and depthwise convolutions stay on VNNI; amx=false keeps everything on VNNI (lowering only: no
+    AMX host needed)."""
+    model = region(
+        [
+            node("MatMulInteger", ["a", "w"], ["ab"]),
+            node("MatMulInteger", ["a_long", "w_long"], ["ab_long"]),
+            node("ConvInteger", ["wide", "w_wide"], ["c1"]),
+            node("ConvInteger", ["narrow", "w_narrow"], ["c2"]),
+            node("ConvInteger", ["narrow", "w_depthwise"], ["c3"], group=8),
+        ],
+        {"a": ("uint8", (3, 8)), "a_long": ("uint8", (3, 65)), "wide": ("int8", (1, 48, 6, 6)),
+         "narrow": ("uint8", (1, 8, 6, 6))},
+        ["ab", "ab_long", "c1", "c2", "c3"],
+        {name: random_int(np.random.default_rng(7), "int8", shape) for name, shape in
+         [("w", (8, 5)), ("w_long", (65, 5)), ("w_wide", (4, 48, 3, 3)), ("w_narrow", (4, 8, 3, 3)), ("w_depthwise", (8, 1, 3, 3))]},
+    )
+    amx = get_target("x86", mcpu="sapphirerapids")
+    assert amx.dot_product == "amx-int8"
+    kernels = [name for name in _kernel_names(lower(model, amx.kernels()))
+               if name.startswith("qc_") and not name.endswith("_pack")]
+    assert sorted(kernels) == [
+        "qc_amx_int8_conv2d_int8_int32_1x48x6x6x4x48x3x3x1x1x1x1x0x0x0x0",
+        "qc_amx_int8_gemm_uint8_int32_1x3x65x5",
+        "qc_avx512_vnni_conv2d_uint8_int32_1x8x6x6x4x8x3x3x1x1x1x1x0x0x0x0",
+        "qc_avx512_vnni_depthwise_conv2d_uint8_int32_1x8x6x6x8x1x3x3x1x1x1x1x0x0x0x0",
+        "qc_avx512_vnni_gemm_uint8_int32_1x3x8x5",
+        "qc_pad_columns_uint8_1x3x65x128",  # K to whole tiles
+    ]
+    vnni = get_target("x86", mcpu="sapphirerapids", amx="false")
+    assert vnni.dot_product == "avx512-vnni"
+    assert not any("amx" in name for name in _kernel_names(lower(model, vnni.kernels())))
+
+
 def test_grouped_and_activation_operands_use_the_generic_lowering(tmp_path):
     rng = np.random.default_rng(5)
     model = region(
@@ -186,6 +232,21 @@ def test_grouped_and_activation_operands_use_the_generic_lowering(tmp_path):
     assert _kernel_calls(lower(model, target.kernels())) == []
     host = get_target("x86")
     assert_bit_exact(model, host.load(tmp_path, host.compile(model, tmp_path)), random_feeds(model, seed=6))
+
+
+def test_kernel_layout_doctests():
+    result = doctest.testmod(int8_kernels)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_pack_amx_conv_weight_layout():
+    """Every A tile (16 output channels x 64 input channels of one tap) is 1 KiB of consecutive bytes."""
+    w = random_int(np.random.default_rng(8), "int8", (20, 70, 3, 2))
+    packed = pack_amx_conv_weight(w, 32)
+    assert packed.shape == (2, 3, 2, 2, 16, 64) and packed.flags.c_contiguous
+    for o, c, dy, dx in [(0, 0, 0, 0), (19, 69, 2, 1), (17, 64, 1, 0), (5, 63, 0, 1)]:
+        assert packed[o // 16, dy, dx, c // 64, o % 16, c % 64] == w[o, c, dy, dx]
+    assert not packed[1, :, :, :, 4:].any() and not packed[:, :, :, 1, :, 6:].any()  # zero padding
 
 
 def test_pack_gemm_weight_layout():
@@ -228,6 +289,7 @@ ATTENTION = {
     "qk-int8-extreme-zp": ("int8", -128, "int8", 127, (2,), 5, 13, 35, "uint8"),
     "av-mixed-no-zp": ("uint8", None, "int8", 3, (1, 2), 9, 33, 16, None),
     "int8-uint8-255": ("int8", 0, "uint8", 255, (3,), 4, 4, 1, "int8"),
+    "k100-rows-past-a-tile-pair": ("uint8", 131, "uint8", 97, (2,), 33, 100, 20, "int8"),  # AMX tiles
 }
 
 

@@ -79,7 +79,16 @@ def test_describe_is_the_json_capability_table():
         "mcpu": "znver4",
         "num_cores": 2,
         "tuning_db": "",
+        "amx": True,
     }
+
+
+def test_amx_follows_mcpu_and_the_option():
+    assert get_target("x86", mcpu="sapphirerapids").dot_product == "amx-int8"
+    assert get_target("x86", mcpu="sapphirerapids", amx="off").dot_product == "avx512-vnni"
+    assert get_target("x86", mcpu="znver4", amx=True).dot_product == "avx512-vnni"  # no AMX there
+    with pytest.raises(TargetError, match=r"x86: amx='maybe' is not a boolean"):
+        get_target("x86", amx="maybe")
 
 
 def test_exported_library_reloads_in_a_fresh_module(tmp_path):
