@@ -18,8 +18,8 @@ Protocol (compare numbers within one run: these shared 2-core machines are noisy
   between calls), which would otherwise take a core from whichever runner is being timed.
 * --warm-calls N: in each round a runner times N back-to-back calls after the gap and reports their median
   (a busy server's latency). The default, one call after the idle gap, is what an occasional request
-  sees; on these VMs that first call after idling runs up to several times slower, for every runner
-  alike (measured: a 512x768x768 int8 GEMM 0.5 ms back to back, 2.0 ms after 20 ms idle).
+  sees; on these VMs that first call after idling runs slower, for every runner alike (measured on one:
+  the 512x768x768 int8 GEMM 1.3 ms back to back, 2.0 ms after the gap; onnxruntime's 0.9 and 1.6 ms).
 * Per runner: the median time; the median over rounds of (the fastest onnxruntime configuration's time in
   that round / the runner's time), so > 1 means faster than the best onnxruntime; the relative L2 error
   ||y - y_fp32|| / ||y_fp32|| against onnxruntime FP32 on the benchmark input, a held-out sample (BERT: the

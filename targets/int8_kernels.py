@@ -50,7 +50,6 @@ __all__ = [
     "AVX2_NARROW",
     "AVX512_VNNI",
     "AVX_VNNI",
-    "DEPTHWISE_TILE",
     "ConvGeometry",
     "DotProduct",
     "NarrowPairwiseDotProduct",
@@ -60,6 +59,7 @@ __all__ = [
     "conv_grid",
     "conv_tile",
     "depthwise_conv2d_func",
+    "depthwise_tile",
     "gemm_columns",
     "gemm_func",
     "pack_conv_input_func",
@@ -218,8 +218,9 @@ SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 #: (output channels, pixel vectors) convolution register tiles of 12 accumulators, in order of preference.
 _CONV_TILES = ((4, 3), (6, 2), (12, 1))
-#: the depthwise kernel's tile: one channel, pixel vectors enough to hide the multiply's latency.
-DEPTHWISE_TILE = (1, 4)
+#: the depthwise kernel's tiles: one channel, pixel vectors enough to hide the multiply-add's latency, in
+#: order of preference (fewer vectors only where they pad the grid less).
+_DEPTHWISE_TILES = ((1, 4), (1, 3), (1, 2))
 
 
 #: kernel builders are pure functions of hashable arguments: a model with many equal layers (a transformer's
@@ -484,15 +485,22 @@ class ConvGeometry:
         return (dy * dh) % sh, (dx * dw) % sw, (dy * dh) // sh * self.plane[1] + (dx * dw) // sw
 
 
-def conv_tile(geometry: ConvGeometry, lanes: int) -> tuple[int, int]:
-    """``(output channels, pixel vectors)`` of the register tile computing the fewest padded outputs."""
+def conv_tile(geometry: ConvGeometry, lanes: int, tiles: tuple[tuple[int, int], ...] = _CONV_TILES) -> tuple[int, int]:
+    """``(output channels, pixel vectors)`` of the register tile (of ``tiles``, the first among equals)
+    computing the fewest padded outputs."""
     pixels = geometry.out_size[0] * geometry.plane[1]
 
     def padded(tile: tuple[int, int]) -> int:
         ob, pb = tile
         return _ceil(geometry.out_channels, ob) * ob * _ceil(pixels, pb * lanes) * pb * lanes
 
-    return min(_CONV_TILES, key=padded)
+    return min(tiles, key=padded)
+
+
+def depthwise_tile(geometry: ConvGeometry, lanes: int) -> tuple[int, int]:
+    """The register tile of :func:`depthwise_conv2d_func` for ``geometry`` (e.g. a 7 x 7 output on an 11-wide
+    grid, 77 pixels: 3 vectors of 16, padded to 96, not 4 padded to 128)."""
+    return conv_tile(geometry, lanes, _DEPTHWISE_TILES)
 
 
 def conv_grid(geometry: ConvGeometry, lanes: int, tile: tuple[int, int] | None = None) -> tuple[int, int, int]:
@@ -640,8 +648,9 @@ def depthwise_conv2d_func(
     """
     g, lanes = geometry, dot.lanes
     (kh, kw), (sh, sw), (dh, dw), wq = g.kernel, g.strides, g.dilations, g.plane[1]
-    _, pp, flat = conv_grid(g, lanes, DEPTHWISE_TILE)
-    pb = DEPTHWISE_TILE[1]
+    tile = depthwise_tile(g, lanes)
+    _, pp, flat = conv_grid(g, lanes, tile)
+    pb = tile[1]
     out_dtype = requant_dtype or "int32"
     store = _epilogue(requant_dtype, lanes, channel_lanes=False)
     pixel_blocks = pp // (pb * lanes)

@@ -28,12 +28,12 @@ from qcompiler import intops
 from qcompiler.targets import relax_lowering
 from qcompiler.targets.amx_kernels import AMX_CONV_TILE, TileProduct, amx_conv2d_func, pack_amx_conv_weight
 from qcompiler.targets.int8_kernels import (
-    DEPTHWISE_TILE,
     ConvGeometry,
     DotProduct,
     conv2d_func,
     conv_grid,
     depthwise_conv2d_func,
+    depthwise_tile,
     pack_conv_input_func,
     pack_conv_weight,
     pack_depthwise_weight,
@@ -300,7 +300,8 @@ def _conv(dot: DotProduct | TileProduct, n: _Node) -> relax.Expr:
         tuple(int(v) for v in window["padding"]),
     )
     (oh, ow), wq = geometry.out_size, geometry.plane[1]
-    op, pp, flat = conv_grid(geometry, dot.lanes, AMX_CONV_TILE if tiled else DEPTHWISE_TILE if depthwise else None)
+    tile = AMX_CONV_TILE if tiled else depthwise_tile(geometry, dot.lanes) if depthwise else None
+    op, pp, flat = conv_grid(geometry, dot.lanes, tile)
     epilogue = _absorb_epilogue(n, 4, 1, w.shape[0])
     out_dtype = epilogue.requant_dtype or "int32"
     tag = "x".join(str(v) for v in (b, c, h, wd, *w.shape, *geometry.strides, *geometry.dilations, *geometry.pads))
