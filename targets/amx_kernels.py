@@ -36,6 +36,7 @@ from tvm.script import tirx as T
 
 from qcompiler.targets.int8_kernels import (
     AVX512_VNNI,
+    SHIFT_DTYPES,
     ConvGeometry,
     DotProduct,
     _ceil,
@@ -106,9 +107,9 @@ class TileProduct:
         return self.column_multiple * _ceil(n, self.column_multiple)
 
     def gemm(self, m: int, k: int, n: int, a_dtype: str, requant_dtype: str | None, name: str, batch: int = 1,
-             weight_batch: int = 1) -> tvm.tirx.PrimFunc:
+             weight_batch: int = 1, high_word: bool = False) -> tvm.tirx.PrimFunc:
         """The GEMM kernel on tiles (:func:`amx_gemm_func`)."""
-        return amx_gemm_func(m, k, n, a_dtype, self, requant_dtype, name, batch, weight_batch)
+        return amx_gemm_func(m, k, n, a_dtype, self, requant_dtype, name, batch, weight_batch, high_word)
 
 
 #: AMX-INT8 (Sapphire Rapids and later), beside AVX-512 VNNI.
@@ -180,13 +181,14 @@ def amx_gemm_func(
     name: str,
     batch: int = 1,
     weight_batch: int = 1,
+    high_word: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """:func:`~qcompiler.targets.int8_kernels.gemm_func` on AMX tiles: same arguments and result, with ``Kp``
     a multiple of 64 and ``Np`` of :attr:`TileProduct.column_multiple`."""
     kp, np_ = tiles.k_multiple * _ceil(k, tiles.k_multiple), tiles.columns(n)
     lanes, chunks = tiles.lanes, kp // tiles.k_multiple
     instruction = tiles.instruction(a_dtype, "int8")
-    store = _epilogue(requant_dtype, lanes, channel_lanes=True)
+    store = _epilogue(requant_dtype, lanes, channel_lanes=True, high_word=high_word)
     out_dtype = requant_dtype or "int32"
     row_tiles, col_pairs = _ceil(m, 16), np_ // 32
     pair_tasks = row_tiles // 2 * col_pairs
@@ -228,8 +230,8 @@ def amx_gemm_func(
         corr: T.Buffer((weight_batch, np_), "int32"),
         row_corr: T.Buffer((batch, m), "int32"),
         mult: T.Buffer((np_,), "int32"),
-        half: T.Buffer((np_,), "int64"),
-        shift: T.Buffer((np_,), "int64"),
+        half: T.Buffer((np_,), SHIFT_DTYPES[high_word]),
+        shift: T.Buffer((np_,), SHIFT_DTYPES[high_word]),
         bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((batch, m, np_), out_dtype),
     ):
@@ -248,7 +250,8 @@ def amx_gemm_func(
 
 @_kernel_cache
 def amx_conv2d_func(
-    geometry: ConvGeometry, a_dtype: str, tiles: TileProduct, requant_dtype: str | None, name: str
+    geometry: ConvGeometry, a_dtype: str, tiles: TileProduct, requant_dtype: str | None, name: str,
+    high_word: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """:func:`~qcompiler.targets.int8_kernels.conv2d_func` on AMX tiles: args ``(xp, wa, corr, mult, half,
     shift, bounds, out)``, ``xp`` packed with ``C/4`` padded to a multiple of 16 quads and the flat length of
@@ -259,7 +262,7 @@ def amx_conv2d_func(
     quads = 16 * _ceil(g.channels, 64)
     op, pp, flat = conv_grid(g, lanes, AMX_CONV_TILE)
     instruction = tiles.instruction("int8", a_dtype)
-    store = _epilogue(requant_dtype, lanes, channel_lanes=False)
+    store = _epilogue(requant_dtype, lanes, channel_lanes=False, high_word=high_word)
     out_dtype = requant_dtype or "int32"
     channel_pairs, pixel_pairs = op // 32, pp // 32
 
@@ -269,8 +272,8 @@ def amx_conv2d_func(
         wa: T.Buffer((op // 16, kh, kw, quads // 16, 16, 64), "int8"),
         corr: T.Buffer((op,), "int32"),
         mult: T.Buffer((op,), "int32"),
-        half: T.Buffer((op,), "int64"),
-        shift: T.Buffer((op,), "int64"),
+        half: T.Buffer((op,), SHIFT_DTYPES[high_word]),
+        shift: T.Buffer((op,), SHIFT_DTYPES[high_word]),
         bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((g.batch, op, pp), out_dtype),
     ):

@@ -55,6 +55,7 @@ __all__ = [
     "NarrowPairwiseDotProduct",
     "PairwiseDotProduct",
     "SDOT",
+    "SHIFT_DTYPES",
     "conv2d_func",
     "conv_grid",
     "conv_tile",
@@ -62,12 +63,14 @@ __all__ = [
     "depthwise_tile",
     "gemm_columns",
     "gemm_func",
+    "high_word_shifts",
     "pack_conv_input_func",
     "pack_conv_weight",
     "pack_depthwise_weight",
     "pack_gemm_operand_func",
     "pack_gemm_weight",
     "pad_columns_func",
+    "requant_constants",
     "weight_pair_magnitude",
 ]
 
@@ -112,9 +115,9 @@ class DotProduct:
         return gemm_columns(n, self.lanes)
 
     def gemm(self, m: int, k: int, n: int, a_dtype: str, requant_dtype: str | None, name: str, batch: int = 1,
-             weight_batch: int = 1) -> tvm.tirx.PrimFunc:
+             weight_batch: int = 1, high_word: bool = False) -> tvm.tirx.PrimFunc:
         """The GEMM kernel on this instruction (:func:`gemm_func`)."""
-        return gemm_func(m, k, n, a_dtype, self, requant_dtype, name, batch, weight_batch)
+        return gemm_func(m, k, n, a_dtype, self, requant_dtype, name, batch, weight_batch, high_word)
 
     def pair_call(self, acc, x, w):
         """``acc[l] + x[2l] w[2l] + x[2l + 1] w[2l + 1]`` on int16 vectors of ``2 * lanes`` (needs
@@ -258,7 +261,25 @@ def pack_conv_weight(w: np.ndarray, out_channels: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(padded.shape[0], -1, 4, kh, kw).transpose(0, 1, 3, 4, 2))
 
 
-def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool):
+#: the dtype of the ``half`` and ``shift`` arguments, by :func:`_epilogue`'s ``high_word``.
+SHIFT_DTYPES = {False: "int64", True: "int32"}
+
+
+def high_word_shifts(shift: np.ndarray) -> bool:
+    """Whether every shift allows the 32-bit form of the requantization (:func:`_epilogue`)."""
+    return bool(np.all(shift >= 33))
+
+
+def requant_constants(shift: np.ndarray, high_word: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(half, shift)`` as the epilogue takes them: ``(2**(s - 1), s)`` as int64, or with ``high_word``
+    ``(2**(s - 33), s - 32)`` as int32."""
+    shift = shift.astype(np.int64)
+    if high_word:
+        return np.left_shift(1, shift - 33).astype(np.int32), (shift - 32).astype(np.int32)
+    return np.left_shift(np.int64(1), shift - 1), shift
+
+
+def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool, high_word: bool = False):
     """A TIR macro ``store(out, index, v, mult, half, shift, bounds, j)``: the epilogue on ``v = acc + corr``
     for channels ``j``, a ramp when ``channel_lanes`` (GEMM: lanes are channels), else one scalar channel
     (convolution: lanes are pixels); ``index`` is the output index tuple whose last entry is the lane ramp.
@@ -273,8 +294,24 @@ def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool):
     in ``[qmin, qmax]``, inside the output dtype, so adding ``zp`` modulo 256 to the truncated byte (as
     uint8: unsigned adds wrap) gives exactly its bits. This saves the two 64-bit adds per vector and
     narrows the clamped value in one step.
+
+    ``high_word`` (every shift ``s >= 33``, :func:`high_word_shifts`): only the product is 64-bit. With
+    ``P = v * mult``, floor division by ``2**s`` is floor division by ``2**32`` and then by ``2**(s - 32)``,
+    and ``2**(s - 1)`` is a multiple of ``2**32``, so ``(P + 2**(s - 1)) >> s = (hi + 2**(s - 33)) >> (s -
+    32)`` with ``hi = P >> 32``, the product's high word. ``|v| <= 2**31`` and ``|mult| < 2**31`` give
+    ``|hi| <= 2**30``, and ``2**(s - 33) <= 2**29`` for ``s <= 62``, so the sum cannot overflow int32, and the
+    shift, the clamp and the narrowing all run on one int32 vector instead of two int64 ones. ``half`` and
+    ``shift`` then hold ``2**(s - 33)`` and ``s - 32`` as int32 (:func:`requant_constants`).
     """
     wide = f"int64x{lanes}" if channel_lanes else "int64"
+    scaled_dtype = SHIFT_DTYPES[high_word]
+
+    def scaled(v, mult, half, shift, j):
+        """``(v * mult + half) >> shift``, in the form ``high_word`` chooses."""
+        product = T.Cast(f"int64x{lanes}", v) * T.Cast(wide, mult[j])
+        if high_word:
+            return (T.Cast(f"int32x{lanes}", product >> T.broadcast(T.int64(32), lanes)) + half[j]) >> shift[j]
+        return (product + half[j]) >> shift[j]
 
     @T.macro
     def store(out, index, v, mult, half, shift, bounds, j):
@@ -285,9 +322,9 @@ def _epilogue(requant_dtype: str | None, lanes: int, channel_lanes: bool):
                 T.Cast(
                     f"uint8x{lanes}",
                     T.max(
-                        T.min((T.Cast(f"int64x{lanes}", v) * T.Cast(wide, mult[j]) + half[j]) >> shift[j],
-                              T.broadcast(bounds[2] - bounds[0], lanes)),
-                        T.broadcast(bounds[1] - bounds[0], lanes),
+                        T.min(scaled(v, mult, half, shift, j),
+                              T.broadcast(T.Cast(scaled_dtype, bounds[2] - bounds[0]), lanes)),
+                        T.broadcast(T.Cast(scaled_dtype, bounds[1] - bounds[0]), lanes),
                     ),
                 ) + T.broadcast(T.Cast("uint8", bounds[0] & T.int64(0xFF)), lanes),
                 dtype=f"{requant_dtype}x{lanes}",
@@ -340,6 +377,7 @@ def gemm_func(
     name: str,
     batch: int = 1,
     weight_batch: int = 1,
+    high_word: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """``out[b, M, Np] = epilogue(a[b] . w[b % weight_batch] + corr[b % weight_batch] + row_corr[b])``.
 
@@ -355,7 +393,7 @@ def gemm_func(
     mr, nr, blocks = _gemm_blocking(n, lanes)
     np_ = blocks * lanes
     flip = dot.flip_correction(a_dtype)
-    store = _epilogue(requant_dtype, lanes, channel_lanes=True)
+    store = _epilogue(requant_dtype, lanes, channel_lanes=True, high_word=high_word)
     out_dtype = requant_dtype or "int32"
     column_tiles, full_rows = blocks // nr, m // mr * mr
     tiles = m // mr * column_tiles
@@ -389,8 +427,8 @@ def gemm_func(
         corr: T.Buffer((weight_batch, np_), "int32"),
         row_corr: T.Buffer((batch, m), "int32"),
         mult: T.Buffer((np_,), "int32"),
-        half: T.Buffer((np_,), "int64"),
-        shift: T.Buffer((np_,), "int64"),
+        half: T.Buffer((np_,), SHIFT_DTYPES[high_word]),
+        shift: T.Buffer((np_,), SHIFT_DTYPES[high_word]),
         bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((batch, m, np_), out_dtype),
     ):
@@ -553,7 +591,8 @@ def pack_conv_input_func(
 
 @_kernel_cache
 def conv2d_func(
-    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant_dtype: str | None, name: str
+    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant_dtype: str | None, name: str,
+    high_word: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """``out[B, Op, Pp] = epilogue(conv(xp, wp) + corr)`` on the padded grid; args ``(xp, wp, corr, mult,
     half, shift, bounds, out)``, per-channel arrays of ``Op`` entries. The caller crops ``[:, :O, :OH * Wq]``."""
@@ -564,7 +603,7 @@ def conv2d_func(
     ob, pb = conv_tile(g, lanes)
     flip = dot.flip_correction(a_dtype)
     out_dtype = requant_dtype or "int32"
-    store = _epilogue(requant_dtype, lanes, channel_lanes=False)
+    store = _epilogue(requant_dtype, lanes, channel_lanes=False, high_word=high_word)
     (dh, dw), wq = g.dilations, g.plane[1]
     channel_blocks, pixel_blocks = op // ob, pp // (pb * lanes)
 
@@ -574,8 +613,8 @@ def conv2d_func(
         wp: T.Buffer((op, c4, kh, kw, 4), "int8"),
         corr: T.Buffer((op,), "int32"),
         mult: T.Buffer((op,), "int32"),
-        half: T.Buffer((op,), "int64"),
-        shift: T.Buffer((op,), "int64"),
+        half: T.Buffer((op,), SHIFT_DTYPES[high_word]),
+        shift: T.Buffer((op,), SHIFT_DTYPES[high_word]),
         bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((g.batch, op, pp), out_dtype),
     ):
@@ -632,7 +671,8 @@ def pack_depthwise_weight(w: np.ndarray, paired: bool) -> np.ndarray:
 
 @_kernel_cache
 def depthwise_conv2d_func(
-    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant_dtype: str | None, name: str
+    geometry: ConvGeometry, a_dtype: str, dot: DotProduct, requant_dtype: str | None, name: str,
+    high_word: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """Depthwise convolution (``group = C = O``): ``out[B, C, Pp] = epilogue(conv(xp, w) + corr)`` on the
     padded grid, on int32 lanes of ``dot``. Each output channel reads one input channel, so there is no
@@ -652,7 +692,7 @@ def depthwise_conv2d_func(
     _, pp, flat = conv_grid(g, lanes, tile)
     pb = tile[1]
     out_dtype = requant_dtype or "int32"
-    store = _epilogue(requant_dtype, lanes, channel_lanes=False)
+    store = _epilogue(requant_dtype, lanes, channel_lanes=False, high_word=high_word)
     pixel_blocks = pp // (pb * lanes)
     paired = dot.pair_intrinsic is not None
     taps = kh * kw
@@ -672,8 +712,8 @@ def depthwise_conv2d_func(
         w: T.Buffer((g.channels, words), "int32"),
         corr: T.Buffer((g.channels,), "int32"),
         mult: T.Buffer((g.channels,), "int32"),
-        half: T.Buffer((g.channels,), "int64"),
-        shift: T.Buffer((g.channels,), "int64"),
+        half: T.Buffer((g.channels,), SHIFT_DTYPES[high_word]),
+        shift: T.Buffer((g.channels,), SHIFT_DTYPES[high_word]),
         bounds: T.Buffer((3,), "int64"),
         out: T.Buffer((g.batch, g.channels, pp), out_dtype),
     ):

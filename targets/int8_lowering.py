@@ -34,12 +34,14 @@ from qcompiler.targets.int8_kernels import (
     conv_grid,
     depthwise_conv2d_func,
     depthwise_tile,
+    high_word_shifts,
     pack_conv_input_func,
     pack_conv_weight,
     pack_depthwise_weight,
     pack_gemm_operand_func,
     pack_gemm_weight,
     pad_columns_func,
+    requant_constants,
     weight_pair_magnitude,
 )
 
@@ -112,16 +114,24 @@ def _absorb_epilogue(n: _Node, rank: int, axis: int, channels: int) -> _Epilogue
 
 
 def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
-    """``mult`` (int32), ``half`` and ``shift`` (int64) constants, each padded to ``padded`` channels, and
-    ``bounds``."""
+    """``mult`` (int32), ``half`` and ``shift`` (:func:`requant_constants`), each padded to ``padded``
+    channels, and ``bounds``."""
+    high_word = _high_word(epilogue)
+    half, shift = requant_constants(epilogue.shift, high_word)
 
     def pad(values: np.ndarray, dtype, fill: int = 0) -> relax.Expr:
         out = np.full(padded, fill, dtype)
         out[: values.size] = values
         return _const(out)
 
-    return [pad(epilogue.multiplier, np.int32), pad(np.left_shift(np.int64(1), epilogue.shift - 1), np.int64),
-            pad(epilogue.shift, np.int64, 1), _const(epilogue.bounds)]
+    # padded channels: the smallest shift of either form (their outputs are cropped away)
+    return [pad(epilogue.multiplier, np.int32), pad(half, half.dtype, 1), pad(shift, shift.dtype, 1),
+            _const(epilogue.bounds)]
+
+
+def _high_word(epilogue: _Epilogue) -> bool:
+    """Whether the kernel's epilogue takes the 32-bit form (every shift >= 33; see ``_epilogue``)."""
+    return epilogue.requant_dtype is not None and high_word_shifts(epilogue.shift)
 
 
 def _column_corr(epilogue: _Epilogue, correction: np.ndarray, padded: int) -> np.ndarray:
@@ -177,7 +187,7 @@ def _gemm_call(
     name = _symbol(dot, tag, a_dtype, out_dtype, "x".join(str(d) for d in (batch, m, k, cols)))
     out = _call(
         n,
-        dot.gemm(m, k, cols, a_dtype, epilogue.requant_dtype, name, batch, weight_batch),
+        dot.gemm(m, k, cols, a_dtype, epilogue.requant_dtype, name, batch, weight_batch, _high_word(epilogue)),
         [a, packed, corr, row_corr, *_requant_args(epilogue, np_)],
         [batch, m, np_],
         out_dtype,
@@ -314,13 +324,13 @@ def _conv(dot: DotProduct | TileProduct, n: _Node) -> relax.Expr:
         [b, blocks, sh, sw, flat, block], a_dtype,
     )
     if depthwise:
-        func = depthwise_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
+        func = depthwise_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, _high_word(epilogue))
         weight = _const(pack_depthwise_weight(w, paired=dot.pair_intrinsic is not None))
     elif tiled:
-        func = amx_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
+        func = amx_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, _high_word(epilogue))
         weight = _const(pack_amx_conv_weight(w, op))
     else:
-        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name)
+        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, _high_word(epilogue))
         weight = _const(pack_conv_weight(w, op))
     # the sign-flip correction (0 for depthwise, which widens exactly, and for tiles, which read both types)
     flip = 0 if depthwise else dot.flip_correction(a_dtype)

@@ -23,6 +23,7 @@ from targets_testkit import (
     requantize_params,
 )
 from test_int8_kernels import INSTRUCTION_MCPUS
+from tvm.tirx import PrimFunc
 
 from qcompiler import intops, qmath
 from qcompiler.targets import get_target
@@ -174,17 +175,22 @@ def test_requantize_rounds_ties_half_up(ties_compiled, side):
 FUSED_CHAINS = [(side, dtype) for side in (1, -1) for dtype in ("int8", "uint8")]
 
 
-def fused_ties_model() -> tuple:
+#: which tie lanes each form of the epilogue gets: all shifts (64-bit form), or those >= 33 only (32-bit form).
+EPILOGUE_FORMS = {"64-bit": TIE_SHIFTS >= 1, "high-word": TIE_SHIFTS >= 33}
+
+
+def fused_ties_model(lanes: np.ndarray) -> tuple:
     """MatMulInteger -> Add(bias) -> Requantize per :data:`FUSED_CHAINS` entry, each fused into one GEMM
-    kernel; the bias makes the accumulators at input ``a`` those of :func:`tie_lanes`. Returns (model, a)."""
+    kernel; the bias makes the accumulators at input ``a`` those of :func:`tie_lanes` (the ``lanes`` mask of
+    them). Returns (model, a)."""
     rng = np.random.default_rng(7)
     a = rng.integers(0, 256, (1, 16), dtype=np.uint8)
-    w = rng.integers(-128, 128, (16, len(TIE_SHIFTS)), dtype=np.int8)
+    w = rng.integers(-128, 128, (16, int(lanes.sum())), dtype=np.int8)
     nodes, inits = [], {"w": w}
     for i, (side, dtype) in enumerate(FUSED_CHAINS):
-        accumulators, multipliers = tie_lanes(side)
+        accumulators, multipliers = (values[lanes] for values in tie_lanes(side))
         inits[f"bias{i}"] = (accumulators - a.astype(np.int64) @ w).astype(np.int32)
-        inits |= requantize_params(f"rq{i}", multipliers, TIE_SHIFTS, EXTREME_ZERO_POINTS[side][dtype],
+        inits |= requantize_params(f"rq{i}", multipliers, TIE_SHIFTS[lanes], EXTREME_ZERO_POINTS[side][dtype],
                                    *REQUANT_OUTPUTS[dtype])
         nodes += [
             node("MatMulInteger", ["a", "w"], [f"acc{i}"]),
@@ -194,22 +200,44 @@ def fused_ties_model() -> tuple:
     return region(nodes, {"a": ("uint8", a.shape)}, [f"y{i}" for i in range(len(FUSED_CHAINS))], inits), a
 
 
+def _half_dtypes(module) -> set[str]:
+    """The dtypes of the ``half`` argument of the GEMM kernels in a lowered module."""
+    return {str(param.dtype) for func in module.functions.values() if isinstance(func, PrimFunc)
+            for param in func.params if getattr(param, "name", None) == "half"}
+
+
+@pytest.mark.parametrize("form", list(EPILOGUE_FORMS))
 @pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
-def test_fused_gemm_epilogue_rounds_ties_half_up(mcpu, tmp_path):
-    """The tie table through the requantization epilogue of each dot-product family's GEMM kernels."""
+def test_fused_gemm_epilogue_rounds_ties_half_up(mcpu, form, tmp_path):
+    """The tie table through the requantization epilogue of each dot-product family's GEMM kernels, in both
+    forms of the epilogue (the 32-bit one needs every shift >= 33)."""
+    lanes = EPILOGUE_FORMS[form]
     target = get_target("x86", mcpu=mcpu)
-    model, a = fused_ties_model()
-    assert "int64" not in lower(model, target.kernels())["main"].script()  # every Requantize is in a kernel
+    model, a = fused_ties_model(lanes)
+    lowered = lower(model, target.kernels())
+    assert "int64" not in lowered["main"].script()  # every Requantize is in a kernel
+    assert _half_dtypes(lowered) == {"int32" if form == "high-word" else "int64"}
     for side in (1, -1):
         assert_unsaturated(np.multiply(*tie_lanes(side)), EXTREME_ZERO_POINTS[side])
     module = target.load(tmp_path, target.compile(model, tmp_path))
     assert_bit_exact(model, module, {"a": a})
     for got, (side, dtype) in zip(module.run({"a": a}), FUSED_CHAINS, strict=True):
-        accumulators, multipliers = tie_lanes(side)
+        accumulators, multipliers = (values[lanes] for values in tie_lanes(side))
         qmin, qmax = REQUANT_OUTPUTS[dtype]
-        want = qmath.requantize(accumulators, multipliers, TIE_SHIFTS, EXTREME_ZERO_POINTS[side][dtype], qmin,
-                                qmax, dtype)
+        want = qmath.requantize(accumulators, multipliers, TIE_SHIFTS[lanes], EXTREME_ZERO_POINTS[side][dtype],
+                                qmin, qmax, dtype)
         np.testing.assert_array_equal(got[0], want)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(x=INT32, multiplier=st.integers(-(2**31) + 1, 2**31 - 1), shift=st.integers(33, qmath.MAX_SHIFT))
+def test_high_word_requantization_identity(x, multiplier, shift):
+    """The 32-bit form of the kernels' epilogue: ``(P + 2**(s-1)) >> s == ((P >> 32) + 2**(s-33)) >> (s-32)``
+    for ``P = x * multiplier``, with the inner sum inside int32 (Python integers: exact)."""
+    product = x * multiplier
+    high = (product >> 32) + (1 << (shift - 33))
+    assert -(2**31) <= high < 2**31
+    assert (product + (1 << (shift - 1))) >> shift == high >> (shift - 32)
 
 
 # ---- Div and Mod ---------------------------------------------------------------------------------------

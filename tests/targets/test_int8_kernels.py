@@ -50,18 +50,19 @@ def _compile(model, tmp_path, mcpu):
     return target.load(tmp_path, target.compile(model, tmp_path))
 
 
-def _epilogue_params(rng, channels: int, to: str, shape) -> dict:
-    """Per-channel bias and requantization with wide multipliers, shifts from 1 to 40 and an extreme zp."""
+def _epilogue_params(rng, channels: int, to: str, shape, shifts=(1, 40)) -> dict:
+    """Per-channel bias and requantization with wide multipliers, shifts from 1 to 40 (or ``shifts``) and an
+    extreme zp."""
     info = np.iinfo(to)
     zero_point = info.max if to == "uint8" else info.min
     multiplier = rng.integers(1, 2**31, size=channels).reshape(shape)
-    shift = rng.integers(1, 41, size=channels).reshape(shape)
+    shift = rng.integers(shifts[0], shifts[1] + 1, size=channels).reshape(shape)
     params = requantize_params("rq", multiplier, shift, zero_point, info.min, info.max)
     params["bias"] = rng.integers(-(2**20), 2**20, size=channels, dtype=np.int32).reshape(shape)
     return params
 
 
-def _gemm_region(m, k, n, a_dtype, epilogue: str | None, seed=0, lead=()):
+def _gemm_region(m, k, n, a_dtype, epilogue: str | None, seed=0, lead=(), shifts=(1, 40)):
     rng = np.random.default_rng(seed)
     w = random_int(rng, "int8", (k, n))
     w[0, :] = -128  # saturating weights in the first row
@@ -69,7 +70,7 @@ def _gemm_region(m, k, n, a_dtype, epilogue: str | None, seed=0, lead=()):
     nodes = [node("MatMulInteger", ["a", "w"], ["acc"])]
     out = "acc"
     if epilogue:
-        inits.update(_epilogue_params(rng, n, epilogue, (n,)))
+        inits.update(_epilogue_params(rng, n, epilogue, (n,), shifts))
         nodes += [node("Add", ["acc", "bias"], ["biased"]), requantize("biased", "y", "rq", to=epilogue)]
         out = "y"
     return region(nodes, {"a": (a_dtype, (*lead, m, k))}, [out], inits)
@@ -103,13 +104,13 @@ def test_gemm_with_batched_rows_and_long_k(tmp_path, mcpu):
         assert_bit_exact(model, module, feeds)
 
 
-def _conv_region(x_shape, w_shape, a_dtype, epilogue, seed=0, **attrs):
+def _conv_region(x_shape, w_shape, a_dtype, epilogue, seed=0, shifts=(1, 40), **attrs):
     rng = np.random.default_rng(seed)
     inits = {"w": random_int(rng, "int8", w_shape)}
     nodes = [node("ConvInteger", ["x", "w"], ["acc"], **attrs)]
     out = "acc"
     if epilogue:
-        inits.update(_epilogue_params(rng, w_shape[0], epilogue, (w_shape[0], 1, 1)))
+        inits.update(_epilogue_params(rng, w_shape[0], epilogue, (w_shape[0], 1, 1), shifts))
         nodes += [node("Add", ["acc", "bias"], ["biased"]), requantize("biased", "y", "rq", to=epilogue)]
         out = "y"
     return region(nodes, {"x": (a_dtype, x_shape)}, [out], inits)
@@ -145,6 +146,22 @@ def test_conv_bit_exact(tmp_path, mcpu, a_dtype, epilogue, case):
     model = _conv_region(x_shape, w_shape, a_dtype, epilogue, **attrs)
     module = _compile(model, tmp_path, mcpu)
     for feeds in [random_feeds(model, seed=3), *_saturated(model, a_dtype)]:
+        assert_bit_exact(model, module, feeds)
+
+
+@pytest.mark.parametrize("mcpu", INSTRUCTION_MCPUS)
+@pytest.mark.parametrize("case", ["gemm-short-k", "gemm-long-k", "3x3", "3x3-wide", "depthwise-3x3"])
+def test_high_word_epilogue_bit_exact(tmp_path, mcpu, case):
+    """Every shift >= 33: the kernels take the 32-bit form of the requantization (see ``_epilogue``)."""
+    shifts = (33, 44)
+    if case.startswith("gemm"):
+        a_dtype = "uint8"
+        model = _gemm_region(45, 10 if case == "gemm-short-k" else 70, 40, a_dtype, "int8", shifts=shifts)
+    else:
+        a_dtype, (x_shape, w_shape, attrs) = "int8", CONVS[case]
+        model = _conv_region(x_shape, w_shape, a_dtype, "uint8", shifts=shifts, **attrs)
+    module = _compile(model, tmp_path, mcpu)
+    for feeds in [random_feeds(model, seed=9), *_saturated(model, a_dtype)]:
         assert_bit_exact(model, module, feeds)
 
 
