@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 
 import numpy as np
 import tvm
@@ -116,8 +117,10 @@ class TileProduct:
 AMX_INT8 = TileProduct("amx-int8", AVX512_VNNI)
 
 
+@functools.cache
 def amx_permitted() -> bool:
-    """Whether this process may use AMX tiles (asks the kernel, as every AMX kernel does)."""
+    """Whether this process may use AMX tiles (asks the kernel once, as every AMX kernel does on each call;
+    a grant lasts for the process)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.syscall(_ARCH_PRCTL, _REQ_XCOMP_PERM, _XTILEDATA) == 0

@@ -68,6 +68,11 @@ class _Epilogue:
         self.multiplier = np.zeros(channels, np.int64)
         self.shift = np.ones(channels, np.int64)
 
+    @property
+    def high_word(self) -> bool:
+        """Whether the kernel's epilogue takes the 32-bit form (every shift >= 33; see ``_epilogue``)."""
+        return self.requant_dtype is not None and high_word_shifts(self.shift)
+
 
 def _per_channel(value: np.ndarray | None, rank: int, axis: int, channels: int) -> np.ndarray | None:
     """``value`` as a ``[channels]`` vector if it broadcasts against a rank-``rank`` output only along
@@ -116,8 +121,7 @@ def _absorb_epilogue(n: _Node, rank: int, axis: int, channels: int) -> _Epilogue
 def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
     """``mult`` (int32), ``half`` and ``shift`` (:func:`requant_constants`), each padded to ``padded``
     channels, and ``bounds``."""
-    high_word = _high_word(epilogue)
-    half, shift = requant_constants(epilogue.shift, high_word)
+    half, shift = requant_constants(epilogue.shift, epilogue.high_word)
 
     def pad(values: np.ndarray, dtype, fill: int = 0) -> relax.Expr:
         out = np.full(padded, fill, dtype)
@@ -127,11 +131,6 @@ def _requant_args(epilogue: _Epilogue, padded: int) -> list[relax.Expr]:
     # padded channels: the smallest shift of either form (their outputs are cropped away)
     return [pad(epilogue.multiplier, np.int32), pad(half, half.dtype, 1), pad(shift, shift.dtype, 1),
             _const(epilogue.bounds)]
-
-
-def _high_word(epilogue: _Epilogue) -> bool:
-    """Whether the kernel's epilogue takes the 32-bit form (every shift >= 33; see ``_epilogue``)."""
-    return epilogue.requant_dtype is not None and high_word_shifts(epilogue.shift)
 
 
 def _column_corr(epilogue: _Epilogue, correction: np.ndarray, padded: int) -> np.ndarray:
@@ -187,7 +186,7 @@ def _gemm_call(
     name = _symbol(dot, tag, a_dtype, out_dtype, "x".join(str(d) for d in (batch, m, k, cols)))
     out = _call(
         n,
-        dot.gemm(m, k, cols, a_dtype, epilogue.requant_dtype, name, batch, weight_batch, _high_word(epilogue)),
+        dot.gemm(m, k, cols, a_dtype, epilogue.requant_dtype, name, batch, weight_batch, epilogue.high_word),
         [a, packed, corr, row_corr, *_requant_args(epilogue, np_)],
         [batch, m, np_],
         out_dtype,
@@ -324,13 +323,13 @@ def _conv(dot: DotProduct | TileProduct, n: _Node) -> relax.Expr:
         [b, blocks, sh, sw, flat, block], a_dtype,
     )
     if depthwise:
-        func = depthwise_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, _high_word(epilogue))
+        func = depthwise_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, epilogue.high_word)
         weight = _const(pack_depthwise_weight(w, paired=dot.pair_intrinsic is not None))
     elif tiled:
-        func = amx_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, _high_word(epilogue))
+        func = amx_conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, epilogue.high_word)
         weight = _const(pack_amx_conv_weight(w, op))
     else:
-        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, _high_word(epilogue))
+        func = conv2d_func(geometry, a_dtype, dot, epilogue.requant_dtype, name, epilogue.high_word)
         weight = _const(pack_conv_weight(w, op))
     # the sign-flip correction (0 for depthwise, which widens exactly, and for tiles, which read both types)
     flip = 0 if depthwise else dot.flip_correction(a_dtype)
